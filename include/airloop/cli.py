@@ -50,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_step_commands(sub)
 
     from airloop.demo import cli as demo_cli
+    from airloop.serving import cli as serving_cli
 
     demo_cli.add_commands(sub)
+    serving_cli.add_commands(sub)
     return parser
 
 
