@@ -1,0 +1,38 @@
+# airloop — developer entry points. `make demo` and `make test` are all a newcomer needs.
+SHELL := /bin/bash
+VENVS ?= .venvs
+PROJECT ?= churn
+
+.PHONY: help bootstrap up down status demo test test-control test-runtime test-e2e bench clean
+
+help:
+	@echo "make demo   - install what is missing, start the platform, run the whole loop on '$(PROJECT)'"
+	@echo "make test   - run the test suite (control, runtime, platform and end-to-end tiers)"
+	@echo "make up/down/status - start, stop, inspect the local platform"
+	@echo "make bench  - side-by-side benchmarks into benchmarks/results/"
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+up: bootstrap
+	@$(VENVS)/control/bin/airloop up
+
+down:
+	@$(VENVS)/control/bin/airloop down
+
+status:
+	@$(VENVS)/control/bin/airloop status
+
+demo: bootstrap
+	@$(VENVS)/control/bin/airloop up
+	@$(VENVS)/runtime/bin/airloop demo --project $(PROJECT)
+
+test: bootstrap
+	@bash scripts/test.sh
+
+bench: bootstrap
+	@bash scripts/bench.sh
+
+clean:
+	-@$(VENVS)/control/bin/airloop down
+	rm -rf .airloop
