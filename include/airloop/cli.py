@@ -50,9 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_step_commands(sub)
 
     from airloop.demo import cli as demo_cli
+    from airloop.demo import loop as demo_loop
     from airloop.serving import cli as serving_cli
 
     demo_cli.add_commands(sub)
+    demo_loop.add_commands(sub)
     serving_cli.add_commands(sub)
     return parser
 
