@@ -1,0 +1,52 @@
+{{/* Chart name and release-scoped full names. */}}
+{{- define "airloop.fullname" -}}
+{{- printf "%s" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "airloop.labels" -}}
+app.kubernetes.io/part-of: airloop
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels for one component: include "airloop.selector" (list . "mlflow") */}}
+{{- define "airloop.selector" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ index . 1 }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+{{- end -}}
+
+{{- define "airloop.image" -}}
+{{- if .digest -}}{{ printf "%s@%s" .repository .digest }}{{- else -}}{{ printf "%s:%s" .repository .tag }}{{- end -}}
+{{- end -}}
+
+{{/* Restricted Pod Security Standard: pod level. */}}
+{{- define "airloop.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ . | default 10001 }}
+runAsGroup: {{ . | default 10001 }}
+fsGroup: {{ . | default 10001 }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Restricted Pod Security Standard: container level. */}}
+{{- define "airloop.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "airloop.mlflow.host" -}}{{ printf "%s-mlflow.%s.svc" (include "airloop.fullname" .) .Release.Namespace }}{{- end -}}
+{{- define "airloop.mlflow.url" -}}{{ printf "http://%s:%v" (include "airloop.mlflow.host" .) .Values.mlflow.service.port }}{{- end -}}
+{{- define "airloop.feast.url" -}}{{ printf "http://%s-feast.%s.svc:%v" (include "airloop.fullname" .) .Release.Namespace .Values.feast.featureServer.port }}{{- end -}}
+{{- define "airloop.redis.url" -}}
+{{- if .Values.feast.redis.enabled -}}{{ printf "%s-redis.%s.svc:6379" (include "airloop.fullname" .) .Release.Namespace }}{{- else -}}{{ .Values.feast.redis.externalUrl }}{{- end -}}
+{{- end -}}
+{{- define "airloop.ray.address" -}}{{ printf "ray://%s-ray-head-svc.%s.svc:10001" (include "airloop.fullname" .) .Release.Namespace }}{{- end -}}
+{{- define "airloop.mlflow.secretName" -}}{{ .Values.mlflow.existingSecret | default (printf "%s-mlflow" (include "airloop.fullname" .)) }}{{- end -}}
+{{- define "airloop.ray.secretName" -}}{{ .Values.ray.auth.secretName | default (printf "%s-ray-auth" (include "airloop.fullname" .)) }}{{- end -}}
