@@ -1,0 +1,68 @@
+"""One factory builds the operator of a pipeline step, in either execution mode.
+
+``AIRLOOP_MODE`` (read when the factory is called; default ``local``) selects:
+
+* ``kubernetes`` — a ``KubernetesPodOperator`` running the runtime image
+  (see :mod:`airloop_ops.k8s`);
+* ``local`` — :class:`airloop_ops.local.LocalStepOperator`, the runtime virtualenv.
+
+Both run the same argv, ``airloop <step> --project <name> --run-id {{ run_id }} …``,
+and both push the step's JSON result to XCom.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airloop.errors import AirloopError
+from airloop.spec import STEPS
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
+
+    from airloop.spec import ProjectSpec
+
+MODE_ENV = "AIRLOOP_MODE"
+MODES = ("local", "kubernetes")
+RUN_ID = "{{ run_id }}"
+
+
+def mode() -> str:
+    """The execution mode from ``AIRLOOP_MODE`` (``local`` or ``kubernetes``)."""
+    value = os.environ.get(MODE_ENV, "local").strip().lower() or "local"
+    if value not in MODES:
+        raise AirloopError(f"{MODE_ENV}={value!r}: expected one of {', '.join(MODES)}")
+    return value
+
+
+def step_arguments(spec: ProjectSpec, step: str, extra_args: Sequence[str] = ()) -> list[str]:
+    """The step's argv after the program name (``{{ run_id }}`` is rendered by Airflow)."""
+    if step not in STEPS:
+        raise AirloopError(f"unknown step {step!r} (steps: {', '.join(STEPS)})")
+    return [step, "--project", spec.name, "--run-id", RUN_ID, *(str(a) for a in extra_args)]
+
+
+def step_operator(
+    spec: ProjectSpec,
+    step: str,
+    *,
+    task_id: str | None = None,
+    extra_args: Sequence[str] = (),
+    **kwargs: Any,
+) -> BaseOperator:
+    """The operator running ``airloop <step>`` for ``spec``'s project.
+
+    ``kwargs`` go to the operator (e.g. ``outlets``); retries and owner come from the
+    DAG's ``default_args``. No I/O, no connection or DB lookup: safe at parse time.
+    """
+    arguments = step_arguments(spec, step, extra_args)
+    task_id = task_id or step
+    if mode() == "kubernetes":
+        from airloop_ops import k8s
+
+        return k8s.pod_operator(spec, step, task_id=task_id, arguments=arguments, **kwargs)
+    from airloop_ops.local import LocalStepOperator
+
+    return LocalStepOperator(task_id=task_id, arguments=arguments, **kwargs)
