@@ -1,0 +1,224 @@
+"""Chart tests: render helm/airloop offline (helm-python-sdk, no cluster) for default,
+production and two-tenant values; validate every object (built-in kinds strictly with
+kubernetes-validate, custom resources against the published CRD schemas); check the
+restricted profile for every container; schema and check-values reject bad values."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jmespath
+import jsonschema
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chart_utils import CHART, SHARED, container_problems, pod_specs, render_chart, validate_object  # noqa: E402
+
+PRODUCTION = yaml.safe_load((CHART / "values-production.yaml").read_text())
+TWO_TENANTS = {"tenants": [{"name": "alpha"}, {"name": "beta", "quota": {"pods": "10"}}]}
+CASES = {"default": {}, "production": PRODUCTION, "two-tenants": TWO_TENANTS}
+
+
+def by_kind(objs, kind, name=None):
+    return [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def rendered(request):
+    return request.param, render_chart(CASES[request.param])
+
+
+class TestAllObjects:
+    def test_every_object_validates(self, rendered):
+        case, objs = rendered
+        assert len(objs) > 15
+        for obj in objs:
+            try:
+                validate_object(obj)
+            except Exception as exc:  # name the object in the failure
+                pytest.fail(f"{case}: {obj['kind']}/{obj['metadata']['name']}: {exc}")
+
+    def test_every_container_restricted_with_resources(self, rendered):
+        case, objs = rendered
+        pods = [(f"{o['kind']}/{o['metadata']['name']}", p) for o in objs for p in pod_specs(o)]
+        assert len(pods) >= 6
+        problems = [p for owner, pod in pods for p in container_problems(pod, owner)]
+        assert not problems, "\n".join(problems)
+
+
+class TestMlflow:
+    def test_server_args(self):
+        (dep,) = render_chart(PRODUCTION, ["templates/mlflow/mlflow-deployment.yaml"])
+        args = jmespath.search("spec.template.spec.containers[0].args", dep)
+        assert "--app-name=basic-auth" in args
+        assert "--serve-artifacts" in args
+        assert "--artifacts-destination=s3://prod-airloop-mlflow/artifacts" in args
+        hosts = next(a for a in args if a.startswith("--allowed-hosts=")).split("=", 1)[1].split(",")
+        assert "mlflow.example.com" in hosts and "localhost" in hosts
+        secret = jmespath.search("spec.template.spec.volumes[?name=='auth'].secret.secretName | [0]", dep)
+        assert secret == "airloop-mlflow"
+
+    def test_generated_secret_only_without_existing(self):
+        assert by_kind(render_chart(), "Secret")
+        assert not by_kind(render_chart(PRODUCTION), "Secret")
+
+
+class TestFeast:
+    def test_redis_statefulset_or_external(self):
+        objs = render_chart()
+        assert by_kind(objs, "StatefulSet", "airloop-redis")
+        cm = by_kind(objs, "ConfigMap", "airloop-feast")[0]
+        assert "connection_string: airloop-redis.airloop-system.svc:6379" in cm["data"]["feature_store.yaml"]
+        ext = render_chart({"feast": {"redis": {"enabled": False, "externalUrl": "redis.example:6379"}}})
+        assert not by_kind(ext, "StatefulSet")
+        assert "redis.example:6379" in by_kind(ext, "ConfigMap", "airloop-feast")[0]["data"]["feature_store.yaml"]
+
+
+class TestRay:
+    def test_token_auth_and_autoscaling(self):
+        (rc,) = render_chart(PRODUCTION, ["templates/ray/ray-raycluster.yaml"])
+        assert jmespath.search("spec.authOptions.mode", rc) == "token"
+        assert jmespath.search("spec.enableInTreeAutoscaling", rc) is True
+        assert jmespath.search("spec.workerGroupSpecs[0].[minReplicas, maxReplicas]", rc) == [2, 16]
+
+
+class TestServing:
+    def test_server_readiness_and_hpa(self):
+        objs = render_chart()
+        server = by_kind(objs, "Server")[0]
+        path = jmespath.search("spec.podSpec.containers[0].readinessProbe.httpGet.path", server)
+        assert path == "/v2/health/ready"
+        hpa = by_kind(objs, "HorizontalPodAutoscaler")[0]
+        assert jmespath.search("spec.scaleTargetRef.kind", hpa) == "Server"
+
+
+class TestTenants:
+    def test_two_tenants(self):
+        objs = render_chart(TWO_TENANTS)
+        names = {o["metadata"]["name"] for o in by_kind(objs, "Namespace")}
+        assert names == {"airloop-alpha", "airloop-beta"}
+        for ns in by_kind(objs, "Namespace"):
+            labels = ns["metadata"]["labels"]
+            for mode in ("enforce", "audit", "warn"):
+                assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+        for tenant in ("alpha", "beta"):
+            ns = f"airloop-{tenant}"
+            inns = [o for o in objs if o["metadata"].get("namespace") == ns]
+            kinds = {o["kind"] for o in inns}
+            assert {"ServiceAccount", "Role", "RoleBinding", "ResourceQuota", "LimitRange",
+                    "NetworkPolicy", "ConfigMap"} <= kinds
+            cm = next(o for o in inns if o["metadata"]["name"] == "airloop-runtime-env")
+            assert cm["data"]["AIRLOOP_MODE"] == "kubernetes"
+            assert cm["data"]["AIRLOOP_RAY_ADDRESS"].startswith("ray://airloop-ray-head-svc.")
+            assert cm["data"]["MLFLOW_TRACKING_URI"] == "http://airloop-mlflow.airloop-system.svc:5000"
+            assert cm["data"]["DO_NOT_TRACK"] == "true"
+            deny = next(o for o in inns if o["metadata"]["name"] == "default-deny")
+            assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+            role = next(o for o in inns if o["kind"] == "Role")
+            res = jmespath.search("rules[].resources[]", role)
+            assert {"pods", "pods/log", "configmaps", "models", "inferenceservices"} <= set(res)
+        quota = [o for o in by_kind(objs, "ResourceQuota") if o["metadata"]["namespace"] == "airloop-beta"][0]
+        assert quota["spec"]["hard"]["pods"] == "10"
+
+
+class TestObservability:
+    def test_rules_dashboards_monitors(self):
+        objs = render_chart()
+        exprs = jmespath.search("[?kind=='PrometheusRule'].spec.groups[].rules[].expr", objs)
+        assert any("airloop_drift_share" in e for e in exprs)
+        assert any("airloop_retrain_decision" in e for e in exprs)
+        assert any("dagrun" in e and "failed" in e for e in exprs)
+        assert any("model_infer_request_failure" in e for e in exprs)
+        dash = [o for o in by_kind(objs, "ConfigMap") if o["metadata"]["labels"].get("grafana_dashboard") == "1"]
+        assert dash and json.loads(next(iter(dash[0]["data"].values())))["panels"]
+        assert {"ServiceMonitor", "PodMonitor"} <= {o["kind"] for o in objs}
+
+
+class TestAirflowValues:
+    def test_airflow_block_validates_against_official_schema(self):
+        import helm_python as helm
+
+        schema = json.loads((SHARED / "airflow-chart" / "values.schema.json").read_text())
+        with helm.Chart.load(CHART) as chart:
+            for values in ({}, PRODUCTION):
+                block = chart.merge_values(values)["airflow"]
+                jsonschema.Draft7Validator(schema).validate(block)
+                assert block["executor"] == "KubernetesExecutor"
+                assert block["dags"]["gitSync"]["enabled"] is True
+                assert block["elasticsearch"]["enabled"] is True
+                assert block["statsd"]["enabled"] is True
+
+    def test_wrong_airflow_value_fails_official_schema(self):
+        schema = json.loads((SHARED / "airflow-chart" / "values.schema.json").read_text())
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"executor": "LocalExecutor!", "dags": {"gitSync": {"enabled": "yes"}}}, schema)
+
+
+class TestValuesSchema:
+    def test_values_yaml_validates(self):
+        schema = json.loads((CHART / "values.schema.json").read_text())
+        jsonschema.Draft7Validator.check_schema(schema)
+        jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
+
+    @pytest.mark.parametrize(
+        "values, named",
+        [
+            ({"mlflow": {"replicas": "two"}}, "replicas"),
+            ({"mlflow": {"replica": 2}}, "replica"),
+            ({"ray": {"workers": {"maxReplicas": "many"}}}, "maxReplicas"),
+            ({"tenants": [{"name": "Bad_Name"}]}, "name"),
+        ],
+    )
+    def test_bad_values_rejected_naming_the_key(self, values, named):
+        import helm_python as helm
+
+        with pytest.raises(helm.HelmError, match=named):
+            render_chart(values)
+
+
+class TestCheckValues:
+    @pytest.mark.parametrize(
+        "values, message",
+        [
+            ({**PRODUCTION, "airflow": {"config": {"core": {
+                "auth_manager": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"}}}},
+             "SimpleAuthManager"),
+            ({**PRODUCTION, "airflow": {"config": {
+                "core": PRODUCTION["airflow"]["config"]["core"],
+                "simple_auth_manager": {"simple_auth_manager_all_admins": "True"}}}},
+             "all_admins"),
+            ({"production": True}, "SimpleAuthManager"),
+            ({"feast": {"redis": {"enabled": False}}}, "externalUrl"),
+            ({"tenants": [{"name": "a"}, {"name": "a"}]}, "duplicate tenant"),
+            ({"ray": {"workers": {"minReplicas": 5, "maxReplicas": 2}}}, "minReplicas"),
+        ],
+    )
+    def test_bad_combinations_fail_rendering(self, values, message):
+        import helm_python as helm
+
+        with pytest.raises(helm.HelmError, match=message):
+            render_chart(values, airflow=True)
+
+
+class TestValidatorIsStrict:
+    def test_broken_manifests_fail(self):
+        import copy
+
+        objs = render_chart()
+        dep = copy.deepcopy(by_kind(objs, "Deployment", "airloop-mlflow")[0])
+        dep["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+        with pytest.raises(Exception, match="imagePullPolicyy"):
+            validate_object(dep)
+        rc = copy.deepcopy(by_kind(objs, "RayCluster")[0])
+        rc["spec"]["workerGroupSpecs"][0]["maxReplicas"] = "4"
+        with pytest.raises(jsonschema.ValidationError):
+            validate_object(rc)
+        pod = copy.deepcopy(pod_specs(by_kind(objs, "Deployment", "airloop-feast")[0])[0])
+        pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+        del pod["containers"][0]["resources"]["limits"]
+        problems = container_problems(pod, "feast")
+        assert any("allowPrivilegeEscalation" in p for p in problems)
+        assert any("limits.cpu" in p for p in problems)
