@@ -40,7 +40,8 @@ def start_redis(workdir: Path):
     raise RuntimeError(f"redis-server on port {port} did not start")
 
 
-def build_store(repo: Path, frame, online: str = "sqlite", redis_port: int | None = None):
+def build_store(repo: Path, frame, online: str = "sqlite", redis_port: int | None = None,
+                project: str = PROJECT):
     """Write ``feature_store.yaml`` + the offline parquet, apply the objects; returns
     ``(store, feature_refs, service_name)``."""
     from feast import Entity, FeatureService, FeatureStore, FeatureView, Field, FileSource, ValueType
@@ -55,7 +56,7 @@ def build_store(repo: Path, frame, online: str = "sqlite", redis_port: int | Non
     online_cfg = ({"type": "sqlite", "path": str(repo / "online.db")} if online == "sqlite"
                   else {"type": "redis", "connection_string": f"127.0.0.1:{redis_port}"})
     (repo / "feature_store.yaml").write_text(yaml.safe_dump({
-        "project": PROJECT,
+        "project": project,
         "registry": str(repo / "registry.db"),
         "provider": "local",
         "online_store": online_cfg,

@@ -28,7 +28,7 @@ from benchmarks.common import NO_TELEMETRY, REPO, Goal, Row, median, venv
 #: (module, title, time limit in seconds) in run order.
 MODULES = [
     ("prediction", "1. Prediction over HTTP", 420),
-    ("features", "2. Online features", 300),
+    ("features", "2. Online features", 480),
     ("tuning", "4. Tuning: ASHA vs all trials to completion", 420),
     ("drift", "5. Drift check (100k x 20)", 300),
     ("materialize", "6. Materialization offline -> online", 300),

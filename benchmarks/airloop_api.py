@@ -1,0 +1,144 @@
+"""Adapters from the benchmarks to airloop's own code paths.
+
+The one place that knows how each measured airloop path is called, so the comparison
+modules stay stable while the platform evolves. Each function raises (ImportError,
+AirloopError, ...) when its path cannot run; the caller turns that into a
+"not measured: <why>" row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+def drift_function() -> Callable:
+    """``f(reference, current) -> (share, drifted_columns)``:
+    :func:`airloop.monitoring.drift_share` (what the monitor step computes)."""
+    from airloop.monitoring import drift_share
+
+    return drift_share
+
+
+def online_reader(repo: Path, spec, store) -> Callable[[list[int]], object]:
+    """``read(entity_ids)`` through airloop's raw online-store reader
+    (:class:`airloop.serving.online.OnlineReader`) on the Feast store of ``repo``."""
+    from airloop.serving.online import OnlineReader
+
+    cfg = store.config.online_store
+    if cfg.type == "redis":
+        location = f"redis://{cfg.connection_string.split(',')[0]}"
+    else:
+        location = str(Path(cfg.path) if Path(cfg.path).is_absolute() else repo / cfg.path)
+    views = {v["name"]: v["features"] for v in spec.raw["features"]["views"]}
+    reader = OnlineReader(location, store.config.project, views, spec.entity_key,
+                          spec.entity_dtype)
+    first = reader.get([1])[0]
+    if not first:
+        raise RuntimeError(f"airloop reader found no features for entity 1 in {location}")
+    return reader.get
+
+
+@dataclass
+class Endpoint:
+    infer_url: str
+    stop: Callable[[], None]
+    entity_body: Callable[[list[int]], bytes] | None = None
+    predictions: Path | None = None
+
+
+def serving_settings(home: Path):
+    """Settings of a private airloop home for the serving benchmark (free MLServer port)."""
+    import os
+
+    from benchmarks.common import free_port
+
+    os.environ["AIRLOOP_HOME"] = str(home)
+    os.environ["AIRLOOP_MLSERVER_PORT"] = str(free_port())
+    os.environ["AIRLOOP_MLSERVER_GRPC_PORT"] = str(free_port())
+    os.environ["AIRLOOP_MLSERVER_METRICS_PORT"] = str(free_port())
+    from airloop import config
+    from airloop.steps.deploy import runtime_extra
+
+    settings = config.load()
+    return settings, runtime_extra
+
+
+def start_endpoint(settings, spec, model_uri: str, version: str) -> Endpoint:
+    """MLServer (serving venv, settings like ``airloop up`` writes) with the model deployed
+    by :func:`airloop.steps.deploy.deploy_local`: ``AirloopRuntime``, request logging on,
+    loaded through the repository API, smoke-tested."""
+    import json
+
+    from airloop.layout import layout
+    from airloop.steps.deploy import deploy_local
+
+    from benchmarks.common import spawn, stop, venv, wait_http
+
+    repo = settings.model_repository
+    repo.mkdir(parents=True, exist_ok=True)
+    p = settings.ports
+    (repo / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "http_port": p["mlserver"], "grpc_port": p["mlserver_grpc"],
+        "metrics_port": p["mlserver_metrics"], "parallel_workers": 0,
+        "load_models_at_startup": True, "metrics_dir": str(settings.home / "serving" / "metrics"),
+        "environments_dir": str(settings.home / "serving" / "envs")}))
+    log = settings.home / "mlserver.log"
+    proc = spawn([venv("serving", "mlserver"), "start", str(repo)], log)
+    base = settings.model_server_url.rstrip("/")
+    try:
+        wait_http(f"{base}/v2/health/ready", 240, proc, log)
+        out = deploy_local(spec, version=version, model_uri=model_uri, settings=settings,
+                           timeout=240)
+    except BaseException:
+        stop(proc)
+        raise
+
+    def entity_body(ids: list[int]) -> bytes:
+        return json.dumps({"inputs": [{"name": spec.entity_key, "shape": [len(ids)],
+                                       "datatype": "INT64", "data": ids}]}).encode()
+
+    return Endpoint(out["endpoint"], lambda: stop(proc), entity_body,
+                    layout(spec, settings).predictions)
+
+
+def materialize_function(repo: Path, store) -> Callable:
+    """``f(start, end)`` materializing ``repo``'s views through airloop's feature code."""
+    import airloop.features.store as fs  # noqa: F401
+
+    raise NotImplementedError("airloop.features.store materialize adapter not wired")
+
+
+def tune_function(workdir: Path) -> Callable:
+    """``search(frame, full) -> (wall s, best validation score, trials stopped early)``
+    with :func:`airloop.steps.train.run_search`, the train step's Ray Tune search. ``full``
+    runs the same configurations (same seeded sampler) with ``grace_period =
+    max_iterations``, i.e. ASHA never stops a trial: every trial runs to completion."""
+    import copy
+    import os
+    import time
+
+    os.environ["AIRLOOP_HOME"] = str(workdir)
+    from airloop import config
+    from airloop.spec import parse_spec
+    from airloop.steps.train import best_trial, run_search, split_frame
+
+    from benchmarks.data import spec as load
+
+    base = load()
+    settings = config.load()
+
+    def search(frame, full: bool):
+        raw = copy.deepcopy(base.raw)
+        if full:
+            raw["model"]["grace_period"] = raw["model"]["max_iterations"]
+        s = parse_spec(raw, base.path)
+        split = split_frame(frame, s)
+        t0 = time.perf_counter()
+        trials = run_search(split, s, settings, run_id=f"bench_{'full' if full else 'asha'}")
+        wall = time.perf_counter() - t0
+        mode = s.metric.get("mode", "max")
+        return wall, best_trial(trials, mode).best(mode)[0], sum(t.status == "pruned" for t in trials)
+
+    return search
