@@ -316,9 +316,8 @@ def plan(settings: Settings, database_url: str | None, ray_cluster: bool) -> lis
                 argv=[
                     ray, "start", "--head", "--port", str(ports["ray_head"]), *common,
                     "--include-dashboard=false", "--temp-dir", str(ray_temp_dir(settings)),
-                    # Fixed Ray defaults (10001, 52365) would collide between the two nodes
-                    # and between parallel platforms: take free ports instead.
-                    "--ray-client-server-port", str(_free_port()),
+                    # Ray's fixed default agent port (52365) would collide between the two
+                    # nodes and between parallel platforms: take free ports instead.
                     "--dashboard-agent-listen-port", str(_free_port()),
                 ],
                 url=f"ray://{address}",
