@@ -42,7 +42,7 @@ def _serialized(frame, s):
     for view in s.raw["features"]["views"]:
         recs = []
         cols = {f: frame[f].tolist() for f in view["features"]}
-        ts = frame[s.timestamp].tolist()
+        ts = [t.to_pydatetime().replace(tzinfo=None) for t in frame[s.timestamp]]
         for i, k in enumerate(keys):
             for f in view["features"]:
                 recs.append((k, f, value(cols[f][i]).SerializeToString(), ts[i]))

@@ -37,7 +37,7 @@ def plot_all(sections: dict[str, dict], out: Path) -> list[str]:
             if max(med) > 0 and min(m for m in med if m > 0) * 100 < max(med):
                 ax.set_xscale("log")
             ax.set_title(f"{module}: {metric} (blue airloop, orange peer, grey floor)", fontsize=9)
-            fig.tight_layout()
+            fig.subplots_adjust(left=0.42, right=0.97, top=0.9, bottom=0.6 / (0.42 * len(rows) + 1.3))
             name = f"{module}-{i + 1}.png"
             fig.savefig(out / name, dpi=80)
             plt.close(fig)

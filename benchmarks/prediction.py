@@ -30,8 +30,8 @@ from benchmarks.common import (Goal, HttpClient, Row, free_port, latency_rounds,
 
 CMP = "1 prediction"
 SIZES = (1, 100)
-ROUNDS, N_SEQ = 3, 200
-CONCURRENCY, N_CONC, CONC_ROUNDS = 16, 480, 3
+ROUNDS, N_SEQ = 3, 120
+CONCURRENCY, N_CONC, CONC_ROUNDS = 16, 320, 3
 
 
 def train_and_register(workdir: Path, model_name: str):
@@ -113,6 +113,28 @@ def _measure_http(rows, case_rows, path, role, url, body) -> dict:
     return {"p50": median(p50), "rps": median(rps)}
 
 
+def paired(full, entity) -> tuple[list[float], list[float]]:
+    """Interleaved full-row and entity-only requests: per round, the entity-only p50
+    and the median of paired differences (entity-only minus full-row), in ms."""
+    import time
+
+    clock = time.perf_counter
+    p50s, diffs = [], []
+    for _ in range(ROUNDS):
+        lat, d = [], []
+        for _ in range(N_SEQ):
+            t0 = clock()
+            full()
+            t1 = clock()
+            entity()
+            t2 = clock()
+            lat.append((t2 - t1) * 1000)
+            d.append(((t2 - t1) - (t1 - t0)) * 1000)
+        p50s.append(median(lat))
+        diffs.append(median(d))
+    return p50s, diffs
+
+
 def _stock_mlserver(workdir: Path, model_path: str):
     """MLServer with the stock MLflow runtime on the same model files."""
     repo = workdir / "mlserver-stock"
@@ -174,18 +196,17 @@ def run(workdir: Path) -> dict:
                                     "airloop", endpoint.infer_url, v2_body(frames[n]))
         if endpoint.entity_body is not None:
             for n in SIZES:
-                body = endpoint.entity_body(list(range(1, n + 1)))
-                client = HttpClient(endpoint.infer_url)
-                client.post(body)
-                p50, p99 = latency_rounds(lambda: client.post(body), ROUNDS, N_SEQ)
                 case = f"{n} row{'s' if n > 1 else ''}"
+                full, ent = HttpClient(endpoint.infer_url), HttpClient(endpoint.infer_url)
+                fbody, ebody = v2_body(frames[n]), endpoint.entity_body(list(range(1, n + 1)))
+                p50_ent, diffs = paired(lambda: full.post(fbody), lambda: ent.post(ebody))
                 rows.append(Row(CMP, case, "airloop entity-only request (features joined)",
-                                "airloop", "p50", "ms", p50))
-                extra = median(p50) - ours[n]["p50"]
+                                "airloop", "p50", "ms", p50_ent))
                 rows.append(Row("2 online features", f"sqlite, {n} entit{'y' if n == 1 else 'ies'}",
                                 "airloop over HTTP (entity-only minus full-row request)",
-                                "airloop", "p50", "ms", [max(extra, 0.0)],
-                                "difference of medians of the two HTTP requests"))
+                                "airloop", "p50", "ms", diffs,
+                                "median of paired differences, requests interleaved"))
+                extra = median(diffs)
                 goals.append(Goal("2 online features", f"HTTP p50 <= 1 ms ({n} entities)",
                                   f"{extra:.3f} ms added by the feature join", extra <= 1.0))
     except Exception as exc:
@@ -201,10 +222,9 @@ def run(workdir: Path) -> dict:
             endpoint.stop()
     if endpoint is not None and endpoint.predictions is not None:
         logged = sum(sum(1 for _ in f.open()) for f in endpoint.predictions.glob("*.jsonl"))
-        rows.append(Row(CMP, "request log", "airloop prediction log", "airloop",
-                        "rows logged", "rows", [float(logged)],
-                        "every answered row is in the log (checked, not timed)",
-                        lower_is_better=False))
+        for r in rows:
+            if r.role == "airloop" and r.comparison == CMP and r.metric == "p50":
+                r.note = f"prediction log on: {logged} rows written during the run"
 
     # stock MLServer --------------------------------------------------------------------
     proc = None
@@ -226,7 +246,9 @@ def run(workdir: Path) -> dict:
     log = workdir / "mlflow-serve.log"
     proc = spawn([venv("runtime", "mlflow"), "models", "serve", "-m", model_uri,
                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], log,
-                 env={"MLFLOW_TRACKING_URI": tracking})
+                 # it execs `uvicorn` from PATH: the runtime venv's bin first
+                 env={"MLFLOW_TRACKING_URI": tracking,
+                      "PATH": f"{Path(venv('runtime')).parent}:{os.environ.get('PATH', '')}"})
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", 180, proc, log)
         for n in SIZES:
