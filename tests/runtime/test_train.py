@@ -1,0 +1,265 @@
+"""Train → register → gate → promote against a real MLflow server and real Ray.
+
+A tiny search (4 samples × 6 iterations, ASHA) on ~1,500 synthetic rows spread over
+six days. Each test builds on the previous one's MLflow state (module order).
+The project gets a unique tenant so its experiment and registered model are private
+to this module even though the MLflow server is shared by the session.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from airloop import config, tracking
+from airloop.errors import AirloopError
+from airloop.spec import load_spec, parse_spec
+from airloop.steps import gate, promote, register, train
+
+MAX_IT = 6
+SAMPLES = 4
+
+
+def synthetic_frame(spec, rows=1500, days=6, seed=0, shuffle_labels=False) -> pd.DataFrame:
+    """Churn-like rows with a learnable label (airloop.demo.churn is not here yet)."""
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2025-01-01", tz="UTC")
+    ts = start + pd.to_timedelta(np.sort(rng.uniform(0, days * 86400, rows)), unit="s")
+    contract = rng.choice(["month-to-month", "one-year", "two-year"], rows, p=[0.5, 0.3, 0.2])
+    f = pd.DataFrame({
+        spec.entity_key: np.arange(rows, dtype="int64"),
+        spec.timestamp: ts,
+        "tenure_months": rng.integers(0, 120, rows),
+        "age": rng.integers(18, 90, rows),
+        "contract_type": contract,
+        "payment_method": rng.choice(["card", "bank", "cheque", "wallet"], rows),
+        "monthly_charges": rng.uniform(10, 150, rows).round(2),
+        "total_charges": rng.uniform(10, 9000, rows).round(2),
+        "data_usage_gb": rng.uniform(0, 300, rows),
+        "support_calls_30d": rng.poisson(1.5, rows),
+        "late_payments_90d": rng.poisson(0.5, rows),
+        "dropped_calls_rate": rng.uniform(0, 0.2, rows),
+        "num_devices": rng.integers(1, 6, rows),
+        "satisfaction_score": rng.uniform(0, 10, rows),
+    })
+    z = (-1.0 - 0.03 * f.tenure_months + 1.2 * (contract == "month-to-month")
+         + 0.5 * f.support_calls_30d - 0.35 * (f.satisfaction_score - 5)
+         + 8 * f.dropped_calls_rate)
+    y = (rng.uniform(size=rows) < 1 / (1 + np.exp(-z))).astype("int64")
+    f[spec.label] = rng.permutation(y) if shuffle_labels else y
+    return f[[spec.entity_key, spec.timestamp, *spec.feature_columns, spec.label]]
+
+
+@pytest.fixture(scope="module")
+def settings(mlflow_server):
+    s = config.load()
+    assert s.tracking_uri == mlflow_server
+    return s
+
+
+@pytest.fixture(scope="module")
+def spec():
+    raw = copy.deepcopy(load_spec("churn").raw)
+    raw["tenant"] = f"t{uuid.uuid4().hex[:8]}"
+    raw["model"].update(num_samples=SAMPLES, max_iterations=MAX_IT, grace_period=2,
+                        reduction_factor=2, max_concurrent_trials=2, holdout_days=2)
+    raw["promotion"] = {"min_metric": 0.6, "min_improvement": 0.0}
+    return parse_spec(raw, Path("churn.yaml"))
+
+
+@pytest.fixture(scope="module")
+def ray_up(settings):
+    """One local Ray for the module (started by the step's own ray_session)."""
+    with train.ray_session(settings):
+        yield
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    return tracking.client(settings)
+
+
+@pytest.fixture(scope="module")
+def first(spec, settings, ray_up):
+    return train.tune_and_fit(synthetic_frame(spec), spec, settings, run_id="dag_run_1",
+                              trigger="test")
+
+
+def _experiment_runs(client, spec):
+    exp = client.get_experiment_by_name(tracking.experiment_name(spec))
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_split_is_time_based(spec):
+    frame = synthetic_frame(spec)
+    split = train.split_frame(frame, spec)
+    assert sum(split.rows().values()) == len(frame)
+    assert split.train[spec.timestamp].max() <= split.valid[spec.timestamp].min()
+    assert split.valid[spec.timestamp].max() < split.holdout[spec.timestamp].min()
+    holdout_days = split.holdout[spec.timestamp].dt.floor("D").unique()
+    assert len(holdout_days) == 2
+    assert 0.15 < len(split.valid) / (len(split.train) + len(split.valid)) < 0.25
+    with pytest.raises(AirloopError, match="holdout_days=2"):
+        train.split_frame(frame[frame[spec.timestamp] < "2025-01-03"], spec)
+
+
+def test_train_logs_every_trial_under_one_parent(first, spec, client):
+    assert first["trials"] == SAMPLES
+    assert first["metric_name"] == "roc_auc" and first["metric"] > 0.7
+    assert set(first["best_params"]) == set(spec.model["search_space"])
+    assert first["rows"]["holdout"] > 0 and first["rows"]["train"] > first["rows"]["validation"]
+    runs = _experiment_runs(client, spec)
+    parents = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "parent"]
+    children = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"]
+    assert [p.info.run_id for p in parents] == [first["mlflow_run_id"]]
+    assert len(children) == SAMPLES
+    statuses = []
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == first["mlflow_run_id"]
+        assert set(child.data.params) == set(spec.model["search_space"])
+        history = client.get_metric_history(child.info.run_id, "validation_roc_auc")
+        steps = sorted(m.step for m in history)
+        assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= MAX_IT
+        status = child.data.tags["airloop.trial_status"]
+        assert status == ("completed" if len(steps) == MAX_IT else "pruned")
+        assert "final_roc_auc" in child.data.metrics
+        statuses.append(status)
+    assert statuses.count("pruned") == first["pruned_trials"]
+    assert "completed" in statuses
+
+    parent = client.get_run(first["mlflow_run_id"])
+    tags = parent.data.tags
+    assert parent.info.status == "FINISHED"
+    assert tags["airloop.dag_run_id"] == "dag_run_1"
+    assert tags["airloop.tenant"] == spec.tenant and tags["airloop.project"] == "churn"
+    assert tags["airloop.trigger"] == "test"
+    assert tags["airloop.feature_views"] == "customer_profile,customer_activity"
+    assert tags["airloop.feature_service"] == "churn_v1"
+    assert tags["airloop.data_version"] and len(tags["airloop.git_commit"]) >= 7
+    assert parent.data.metrics["holdout_roc_auc"] == pytest.approx(first["metric"])
+    assert parent.data.metrics["trials"] == SAMPLES
+
+
+def test_artifacts_and_model(first, spec, client, settings):
+    run_id = first["mlflow_run_id"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = pd.read_parquet(tracking.download(client, run_id, "reference/reference.parquet",
+                                                Path(tmp)))
+        hold = pd.read_parquet(tracking.download(client, run_id, "holdout/holdout.parquet",
+                                                 Path(tmp)))
+    assert list(ref.columns) == [*spec.feature_columns, "score", spec.label]
+    assert len(ref) == first["rows"]["train"] + first["rows"]["validation"]
+    assert ref["score"].between(0, 1).all()
+    assert list(hold.columns) == [*spec.feature_columns, spec.label]
+    assert len(hold) == first["rows"]["holdout"]
+
+    import mlflow.pyfunc
+
+    tracking.use(settings)
+    model = mlflow.pyfunc.load_model(client.get_run(run_id).data.tags[tracking.TAG_MODEL_URI])
+    proba = np.asarray(model.predict(hold[spec.feature_columns]))
+    assert proba.shape == (len(hold), 2)
+    from airloop.models import score
+
+    assert score("roc_auc", hold[spec.label], proba[:, 1]) == pytest.approx(first["metric"])
+    reqs = model.metadata.get_model_info  # noqa: F841  (metadata is loadable)
+    assert model.metadata.signature.inputs.input_names() == spec.feature_columns
+
+
+def test_rerun_with_same_run_id_trains_nothing(first, spec, settings, client):
+    before = len(_experiment_runs(client, spec))
+    again = train.tune_and_fit(synthetic_frame(spec, seed=5), spec, settings,
+                               run_id="dag_run_1")
+    assert again == first
+    # run() finds it before loading any features
+    assert train.run(spec, run_id="dag_run_1", settings=settings) == first
+    assert len(_experiment_runs(client, spec)) == before
+
+
+def test_register_is_idempotent_and_tags_lineage(first, spec, settings, client):
+    with pytest.raises(AirloopError, match="run the train step first"):
+        register.run(spec, run_id="no_such_run", settings=settings)
+    res = register.run(spec, run_id="dag_run_1", settings=settings)
+    assert res["created"] is True and res["model"] == spec.model_name
+    again = register.run(spec, run_id="dag_run_1", settings=settings)
+    assert again["created"] is False and again["version"] == res["version"]
+    versions = client.search_model_versions(f"name = '{spec.model_name}'")
+    assert len(versions) == 1
+    v = client.get_model_version_by_alias(spec.model_name, "challenger")
+    assert v.version == res["version"]
+    assert v.run_id == first["mlflow_run_id"]
+    for key in ("airloop.git_commit", "airloop.data_version", "airloop.feature_views",
+                "airloop.feature_service", "airloop.dag_run_id", "airloop.metric_name",
+                "airloop.metric_value", "airloop.trigger"):
+        assert v.tags.get(key), key
+    assert float(v.tags["airloop.metric_value"]) == pytest.approx(first["metric"])
+
+
+def test_gate_promotes_first_model_and_promote_sets_champion(spec, settings, client):
+    with pytest.raises(AirloopError, match="no registered version"):
+        gate.run(spec, run_id="no_such_run", settings=settings)
+    verdict = gate.run(spec, run_id="dag_run_1", settings=settings)
+    assert verdict["promote"] is True, verdict["reason"]
+    assert verdict["champion_version"] is None and verdict["champion_metric"] is None
+    assert verdict["challenger_metric"] > 0.6
+    tags = client.get_model_version(spec.model_name, verdict["challenger_version"]).tags
+    assert tags["airloop.gate.promote"] == "true"
+    assert gate.run(spec, run_id="dag_run_1", settings=settings) == verdict
+
+    res = promote.run(spec, run_id="dag_run_1", settings=settings)
+    assert res["champion_version"] == verdict["challenger_version"]
+    assert res["previous_version"] is None
+    again = promote.run(spec, run_id="dag_run_1", settings=settings)
+    assert again["champion_version"] == res["champion_version"] and again["changed"] is False
+
+
+def test_worse_challenger_is_rejected(spec, settings, client, ray_up):
+    bad = train.tune_and_fit(synthetic_frame(spec, shuffle_labels=True), spec, settings,
+                             run_id="dag_run_2")
+    reg = register.run(spec, run_id="dag_run_2", settings=settings)
+    assert reg["created"] is True and reg["version"] != "1"
+    verdict = gate.run(spec, run_id="dag_run_2", settings=settings)
+    assert verdict["promote"] is False
+    assert verdict["champion_version"] == "1"
+    assert verdict["challenger_metric"] < verdict["champion_metric"]
+    assert verdict["challenger_metric"] == pytest.approx(bad["metric"])
+    with pytest.raises(AirloopError, match="rejected by the gate"):
+        promote.run(spec, run_id="dag_run_2", settings=settings)
+    assert client.get_model_version_by_alias(spec.model_name, "champion").version == "1"
+
+
+def test_equal_or_better_challenger_moves_aliases(spec, settings, client, ray_up):
+    # Same data and seed: the same model again, which passes min_improvement 0.
+    train.tune_and_fit(synthetic_frame(spec), spec, settings, run_id="dag_run_3")
+    reg = register.run(spec, run_id="dag_run_3", settings=settings)
+    verdict = gate.run(spec, run_id="dag_run_3", settings=settings)
+    assert verdict["promote"] is True, verdict["reason"]
+    assert verdict["champion_version"] == "1"
+    res = promote.run(spec, run_id="dag_run_3", settings=settings)
+    assert res == {"champion_version": reg["version"], "previous_version": "1", "changed": True}
+    assert client.get_model_version_by_alias(spec.model_name, "champion").version == reg["version"]
+    assert client.get_model_version_by_alias(spec.model_name, "previous").version == "1"
+
+
+def test_failed_search_ends_its_runs_failed(spec, settings, client, ray_up):
+    raw = copy.deepcopy(spec.raw)
+    raw["model"]["search_space"] = {"learning_rate": {"type": "choice", "values": [-1.0]}}
+    raw["model"]["num_samples"] = 2
+    broken = parse_spec(raw, spec.path)
+    with pytest.raises(AirloopError, match="every tuning trial failed"):
+        train.tune_and_fit(synthetic_frame(spec), broken, settings, run_id="dag_run_bad")
+    exp = client.get_experiment_by_name(tracking.experiment_name(spec))
+    runs = tracking.find_runs(client, exp.experiment_id, {"airloop.dag_run_id": "dag_run_bad"})
+    assert {r.data.tags[tracking.TAG_ROLE] for r in runs} == {"parent", "trial"}
+    assert {r.info.status for r in runs} == {"FAILED"}
+
+
+def test_no_run_left_running(spec, client):
+    runs = _experiment_runs(client, spec)
+    assert runs and not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
