@@ -281,7 +281,15 @@ def run_search(split: Split, spec, settings, *, run_id: str) -> list[Trial]:
                 callbacks=[_history_callback(metric, history)],
             ),
         )
-        grid = tuner.fit()
+        # Trial result files are off (the callback keeps the history), so the result
+        # grid's "cannot fetch metrics" warnings are expected noise.
+        quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            grid = tuner.fit()
+        finally:
+            quiet.setLevel(level)
     trials: list[Trial] = []
     try:
         for i, result in enumerate(grid):
@@ -426,6 +434,7 @@ def tune_and_fit(frame: pd.DataFrame, spec, settings, *, run_id: str,
         started = time.monotonic()
         trials = run_search(split, spec, settings, run_id=run_id)
         tuning_seconds = time.monotonic() - started
+        log.info("train: search of %d trials took %.1fs", len(trials), tuning_seconds)
         _log_trials(client, experiment_id, parent_id, trials, spec, run_id)
         best = best_trial(trials, mode)
         best_value, best_iteration = best.best(mode)
@@ -492,6 +501,8 @@ def tune_and_fit(frame: pd.DataFrame, spec, settings, *, run_id: str,
         tracking.use(settings)
         sample = X_fit.head(100)
         signature = infer_signature(sample, pipeline.predict_proba(sample))
+        log.info("train: trials logged, refitted and scored at %.1fs; logging the model",
+                 time.monotonic() - started)
         with mlflow.start_run(run_id=parent_id, log_system_metrics=False):
             info = mlflow.sklearn.log_model(
                 pipeline,
@@ -511,8 +522,8 @@ def tune_and_fit(frame: pd.DataFrame, spec, settings, *, run_id: str,
             if client.get_run(parent_id).info.status == "RUNNING":
                 client.set_terminated(parent_id, "FAILED")
         raise
-    log.info("train: run %s holdout %s=%.4f (%d trials, %d pruned)",
-             parent_id, metric, holdout_value, len(trials), pruned)
+    log.info("train: run %s holdout %s=%.4f (%d trials, %d pruned) in %.1fs",
+             parent_id, metric, holdout_value, len(trials), pruned, time.monotonic() - started)
     return result
 
 
