@@ -1,7 +1,7 @@
 """Train → register → gate → promote against a real MLflow server and real Ray.
 
-A tiny search (4 samples × 6 iterations, ASHA) on ~1,500 synthetic rows spread over
-six days. Each test builds on the previous one's MLflow state (module order).
+A tiny search (4 samples × 6 iterations, ASHA) on 1,500 rows of the demo generator
+over six days. Each test builds on the previous one's MLflow state (module order).
 The project gets a unique tenant so its experiment and registered model are private
 to this module even though the MLflow server is shared by the session.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import uuid
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -23,44 +24,30 @@ from airloop.spec import load_spec, parse_spec
 from airloop.steps import gate, promote, register, train
 
 MAX_IT = 6
+START = date(2025, 1, 1)
 SAMPLES = 4
 
 
 def synthetic_frame(spec, rows=1500, days=6, seed=0, shuffle_labels=False) -> pd.DataFrame:
-    """Churn-like rows with a learnable label (airloop.demo.churn is not here yet).
+    """``days`` daily batches of the demo generator (``rows`` in all), sorted by time.
 
     ``shuffle_labels`` destroys the signal in all but the last two days, so a model
     trained on it is worse than the champion on the same (true) holdout.
     """
-    rng = np.random.default_rng(seed)
-    start = pd.Timestamp("2025-01-01", tz="UTC")
-    ts = start + pd.to_timedelta(np.sort(rng.uniform(0, days * 86400, rows)), unit="s")
-    contract = rng.choice(["month-to-month", "one-year", "two-year"], rows, p=[0.5, 0.3, 0.2])
-    f = pd.DataFrame({
-        spec.entity_key: np.arange(rows, dtype="int64"),
-        spec.timestamp: ts,
-        "tenure_months": rng.integers(0, 120, rows),
-        "age": rng.integers(18, 90, rows),
-        "contract_type": contract,
-        "payment_method": rng.choice(["card", "bank", "cheque", "wallet"], rows),
-        "monthly_charges": rng.uniform(10, 150, rows).round(2),
-        "total_charges": rng.uniform(10, 9000, rows).round(2),
-        "data_usage_gb": rng.uniform(0, 300, rows),
-        "support_calls_30d": rng.poisson(1.5, rows),
-        "late_payments_90d": rng.poisson(0.5, rows),
-        "dropped_calls_rate": rng.uniform(0, 0.2, rows),
-        "num_devices": rng.integers(1, 6, rows),
-        "satisfaction_score": rng.uniform(0, 10, rows),
-    })
-    z = (-1.0 - 0.03 * f.tenure_months + 1.2 * (contract == "month-to-month")
-         + 0.5 * f.support_calls_30d - 0.35 * (f.satisfaction_score - 5)
-         + 8 * f.dropped_calls_rate)
-    y = (rng.uniform(size=rows) < 1 / (1 + np.exp(-z))).astype("int64")
-    if shuffle_labels:  # a useless training set; the last two days (holdout) stay true
-        train_rows = np.flatnonzero(ts < start + pd.Timedelta(days=days - 2))
-        y[train_rows] = rng.permutation(y[train_rows])
-    f[spec.label] = y
-    return f[[spec.entity_key, spec.timestamp, *spec.feature_columns, spec.label]]
+    from airloop.demo.churn import generate_day
+
+    frame = pd.concat(
+        [generate_day(spec, d, start=START, rows=rows // days, seed=seed) for d in range(days)],
+        ignore_index=True,
+    ).sort_values(spec.timestamp, kind="stable", ignore_index=True)
+    if shuffle_labels:
+        rng = np.random.default_rng(seed)
+        cutoff = pd.Timestamp(START, tz="UTC") + pd.Timedelta(days=days - 2)
+        rows_ = np.flatnonzero(frame[spec.timestamp] < cutoff)
+        y = frame[spec.label].to_numpy().copy()
+        y[rows_] = rng.permutation(y[rows_])
+        frame[spec.label] = y
+    return frame[[spec.entity_key, spec.timestamp, *spec.feature_columns, spec.label]]
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +109,9 @@ def test_split_is_time_based(spec):
     holdout_days = split.holdout[spec.timestamp].dt.floor("D").unique()
     assert len(holdout_days) == 2
     assert 0.15 < len(split.valid) / (len(split.train) + len(split.valid)) < 0.25
+    early = frame[frame[spec.timestamp] < pd.Timestamp("2025-01-03", tz="UTC")]
     with pytest.raises(AirloopError, match="holdout_days=2"):
-        train.split_frame(frame[frame[spec.timestamp] < "2025-01-03"], spec)
+        train.split_frame(early, spec)
 
 
 def test_train_logs_every_trial_under_one_parent(first, spec, client):

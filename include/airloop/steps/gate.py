@@ -65,13 +65,14 @@ def decide(challenger: float, champion: float | None, spec) -> tuple[bool, str]:
     if champion is None or math.isnan(champion):
         return True, f"no comparable champion; challenger {metric}={challenger:.4f} passes the floor"
     if is_better(challenger, champion, mode, margin):
+        how = "beats" if is_better(challenger, champion, mode) else "is within tolerance of"
         return True, (
-            f"challenger {metric}={challenger:.4f} beats champion {champion:.4f} "
-            f"by the required margin {margin}"
+            f"challenger {metric}={challenger:.4f} {how} champion {champion:.4f} "
+            f"(promotion.min_improvement={margin})"
         )
     return False, (
         f"challenger {metric}={challenger:.4f} does not beat champion {champion:.4f} "
-        f"by the required margin {margin}"
+        f"by promotion.min_improvement={margin}"
     )
 
 
