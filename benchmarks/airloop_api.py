@@ -9,8 +9,12 @@ AirloopError, ...) when its path cannot run; the caller turns that into a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Callable
+
+
+END = datetime(2026, 2, 1, tzinfo=UTC)  # after every generated event timestamp
 
 
 def drift_function() -> Callable:
@@ -103,11 +107,36 @@ def start_endpoint(settings, spec, model_uri: str, version: str) -> Endpoint:
                     layout(spec, settings).predictions)
 
 
-def materialize_function(repo: Path, store) -> Callable:
-    """``f(start, end)`` materializing ``repo``'s views through airloop's feature code."""
-    import airloop.features.store as fs  # noqa: F401
+def materialize_function(workdir: Path, frame, redis_url: str | None) -> Callable:
+    """``prepare() -> go()``: ``prepare`` lays out a fresh airloop home with ``frame`` as
+    the project's dataset (untimed); ``go`` runs :func:`airloop.features.store.materialize`
+    (apply + incremental materialization offline -> online), what the step runs. A
+    fresh home per round, because an incremental materialization repeats nothing."""
+    import itertools
+    import os
 
-    raise NotImplementedError("airloop.features.store materialize adapter not wired")
+    from airloop import config
+    from airloop.features.store import materialize
+    from airloop.layout import layout
+
+    from benchmarks.data import spec as load
+
+    spec = load()
+    counter = itertools.count()
+
+    def prepare() -> Callable[[], dict]:
+        os.environ["AIRLOOP_HOME"] = str(workdir / f"home-{next(counter)}")
+        if redis_url:
+            os.environ["AIRLOOP_FEAST_ONLINE"] = redis_url
+        else:
+            os.environ.pop("AIRLOOP_FEAST_ONLINE", None)
+        settings = config.load()
+        paths = layout(spec, settings)
+        paths.dataset.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(paths.dataset_file, index=False)
+        return lambda: materialize(spec, settings, end=END)
+
+    return prepare
 
 
 def tune_function(workdir: Path) -> Callable:

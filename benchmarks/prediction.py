@@ -30,8 +30,8 @@ from benchmarks.common import (Goal, HttpClient, Row, free_port, latency_rounds,
 
 CMP = "1 prediction"
 SIZES = (1, 100)
-ROUNDS, N_SEQ = 3, 120
-CONCURRENCY, N_CONC, CONC_ROUNDS = 16, 320, 3
+ROUNDS, N_SEQ = 3, 60
+CONCURRENCY, N_CONC, CONC_ROUNDS = 16, 160, 3
 
 
 def train_and_register(workdir: Path, model_name: str):

@@ -27,12 +27,12 @@ from benchmarks.common import NO_TELEMETRY, REPO, Goal, Row, median, venv
 
 #: (module, title, time limit in seconds) in run order.
 MODULES = [
-    ("prediction", "1. Prediction over HTTP", 420),
-    ("features", "2. Online features", 480),
-    ("tuning", "4. Tuning: ASHA vs all trials to completion", 420),
+    ("prediction", "1. Prediction over HTTP", 1200),
+    ("features", "2. Online features", 600),
+    ("tuning", "4. Tuning: ASHA vs all trials to completion", 600),
     ("drift", "5. Drift check (100k x 20)", 300),
-    ("materialize", "6. Materialization offline -> online", 300),
-    ("platform_bench", "3 + 7. Orchestration and footprint of `airloop up` (local, PostgreSQL)", 720),
+    ("materialize", "6. Materialization offline -> online", 420),
+    ("platform_bench", "3 + 7. Orchestration and footprint of `airloop up` (local, PostgreSQL)", 900),
 ]
 
 PACKAGES = {
@@ -135,7 +135,8 @@ def write_markdown(path: Path, info: dict, sections: list[tuple[str, str, dict, 
              f"total {total / 60:.1f} min. Each comparison ran in one process, its paths side "
              "by side on the same model, data and machine; loopback only. "
              "`median` is the median of the samples (rounds), `min – max` their spread, "
-             "`× floor` the median over the floor's median for the same case and metric.", "",
+             "`× floor` the median over the floor's median for the same case and metric.",
+             *([f"Merged run: {info['merged']}."] if info.get("merged") else []), "",
              "## Machine", "",
              f"- {info['cores']} cores ({info['cpu']}), {info['memory_gib']} GiB memory "
              f"({info['memory_available_gib']} GiB available at start), "
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated module names")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other comparisons of an earlier results.json in --out")
     args = parser.parse_args(argv)
     only = {x for x in args.only.split(",") if x}
     unknown = only - {m for m, _, _ in MODULES}
@@ -192,11 +195,23 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     total = time.monotonic() - t0
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = args.out / "results.json"
+    if args.merge and previous.exists():
+        # Re-run comparisons replace their section; the others are kept as measured.
+        old = json.loads(previous.read_text())
+        fresh = {name for name, _, _, _ in sections}
+        kept = [(n, t, old["sections"][n], old.get("elapsed", {}).get(n, 0.0))
+                for n, t, _ in MODULES if n not in fresh and n in old.get("sections", {})]
+        total += sum(e for _, _, _, e in kept)
+        order = [n for n, _, _ in MODULES]
+        sections = sorted(sections + kept, key=lambda sec: order.index(sec[0]))
+        info["merged"] = f"{', '.join(sorted(fresh))} re-run at {info['date']}; others from {old['machine']['date']}"
     from benchmarks.plots import plot_all
 
     plots = plot_all({name: doc for name, _, doc, _ in sections}, args.out)
     (args.out / "results.json").write_text(json.dumps(
-        {"machine": info, "sections": {n: d for n, _, d, _ in sections}}, indent=1))
+        {"machine": info, "sections": {n: d for n, _, d, _ in sections},
+         "elapsed": {n: e for n, _, _, e in sections}}, indent=1))
     write_markdown(args.out / "RESULTS.md", info, sections, plots, total)
     print(f"wrote {args.out / 'RESULTS.md'} ({total / 60:.1f} min)")
     return 0
