@@ -101,6 +101,11 @@ class ProjectSpec:
         """Model name on the model server and in Kubernetes objects (DNS-safe)."""
         return f"{self.tenant}-{self.name}".replace("_", "-")
 
+    @property
+    def feast_project(self) -> str:
+        """Feast project name (letters, digits and underscores only)."""
+        return f"{self.tenant}_{self.name}".replace("-", "_")
+
     # -- data -----------------------------------------------------------------------
     @property
     def entity_key(self) -> str:

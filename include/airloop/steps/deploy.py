@@ -82,7 +82,7 @@ def runtime_extra(spec: ProjectSpec, settings: Settings, version: str) -> dict[s
         "entity_dtype": spec.entity_dtype,
         "features": spec.feature_columns,
         "views": {v["name"]: list(v["features"]) for v in spec.raw["features"]["views"]},
-        "feast_project": f"{spec.tenant}_{spec.name}",
+        "feast_project": spec.feast_project,
         "online_store": str(paths.online_store),
         "predictions": str(paths.predictions),
         "feedback": str(paths.feedback),

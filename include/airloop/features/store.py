@@ -1,0 +1,139 @@
+"""The project's ``FeatureStore`` and the reads the steps make from it.
+
+Online store: SQLite under the project folder by default, Redis when
+``AIRLOOP_FEAST_ONLINE=redis://host:port/db`` is set (production). Offline store:
+DuckDB over the dataset parquet (Feast's file/dask store silently drops entity rows).
+Registry: a file under the project folder. Everything through the Python API — the
+``feast`` CLI costs seconds of imports per call.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+from airloop.errors import AirloopError
+from airloop.layout import layout
+
+
+def _online_config(spec, settings):
+    url = os.environ.get("AIRLOOP_FEAST_ONLINE", "").strip()
+    if url.startswith(("redis://", "rediss://")):
+        from urllib.parse import urlparse
+
+        parsed = urlparse(url)
+        db = (parsed.path or "/0").lstrip("/") or "0"
+        conn = f"{parsed.hostname}:{parsed.port or 6379},db={db}"
+        if parsed.password:
+            conn += f",password={parsed.password}"
+        if url.startswith("rediss://"):
+            conn += ",ssl=true"
+        return {"type": "redis", "connection_string": conn}
+    if url:
+        raise AirloopError(f"AIRLOOP_FEAST_ONLINE={url!r}: expected redis://host:port/db or unset")
+    return {"type": "sqlite", "path": str(layout(spec, settings).online_store)}
+
+
+def repo_objects(spec, settings) -> list:
+    """Entity, source, feature views and the feature service of the project."""
+    from airloop.features.entities import entity
+    from airloop.features.services import feature_service
+    from airloop.features.sources import dataset_source
+    from airloop.features.views import feature_views
+
+    ent = entity(spec)
+    views = feature_views(spec, ent, dataset_source(spec, settings))
+    return [ent, *views, feature_service(spec, views)]
+
+
+def feature_store(spec, settings):
+    from feast import FeatureStore, RepoConfig
+
+    paths = layout(spec, settings)
+    paths.feast.mkdir(parents=True, exist_ok=True)
+    config = RepoConfig(
+        project=spec.feast_project,
+        registry=str(paths.feast / "registry.db"),
+        provider="local",
+        online_store=_online_config(spec, settings),
+        offline_store={"type": "duckdb"},
+        entity_key_serialization_version=3,
+        repo_path=str(paths.feast),
+    )
+    return FeatureStore(config=config)
+
+
+def apply(spec, settings):
+    """Register the project's objects (idempotent) and return the store."""
+    store = feature_store(spec, settings)
+    store.apply(repo_objects(spec, settings))
+    return store
+
+
+def _dataset(spec, settings, columns=None):
+    import pandas as pd
+
+    path = layout(spec, settings).dataset_file
+    if not path.is_file():
+        raise AirloopError(f"no dataset for {spec.name} at {path}: run the ingest step first")
+    return pd.read_parquet(path, columns=columns)
+
+
+def training_frame(spec, settings):
+    """Point-in-time training rows: [entity, timestamp, *features, label], by time.
+
+    The entity dataframe is every (entity, timestamp, label) of the dataset; features
+    come from Feast's historical retrieval, so a row only ever sees feature values at
+    or before its own timestamp.
+    """
+    entity_df = _dataset(spec, settings, [spec.entity_key, spec.timestamp, spec.label])
+    store = feature_store(spec, settings)
+    frame = store.get_historical_features(
+        entity_df=entity_df, features=store.get_feature_service(spec.feature_service)
+    ).to_df()
+    if len(frame) != len(entity_df):
+        raise AirloopError(
+            f"Feast returned {len(frame)} training rows for {len(entity_df)} entity rows"
+        )
+    frame = frame[[spec.entity_key, spec.timestamp, *spec.feature_columns, spec.label]]
+    return frame.sort_values([spec.timestamp, spec.entity_key], kind="stable").reset_index(
+        drop=True
+    )
+
+
+def online_features(spec, settings, entity_ids):
+    """Online feature rows of ``entity_ids`` through the Feast SDK (None where absent)."""
+    import pandas as pd
+
+    store = feature_store(spec, settings)
+    out = store.get_online_features(
+        features=store.get_feature_service(spec.feature_service),
+        entity_rows=[{spec.entity_key: e} for e in entity_ids],
+    ).to_dict()
+    return pd.DataFrame(out)[[spec.entity_key, *spec.feature_columns]]
+
+
+def latest_offline_features(spec, settings):
+    """Each entity's latest feature row from the offline store (batch prediction input)."""
+    import pandas as pd
+
+    keys = _dataset(spec, settings, [spec.entity_key, spec.timestamp])
+    latest = keys.groupby(spec.entity_key, as_index=False)[spec.timestamp].max()
+    # Ask as of "now" so that each entity gets its freshest values within the ttl.
+    latest[spec.timestamp] = pd.Timestamp(datetime.now(UTC))
+    store = feature_store(spec, settings)
+    frame = store.get_historical_features(
+        entity_df=latest, features=store.get_feature_service(spec.feature_service)
+    ).to_df()
+    return frame[[spec.entity_key, spec.timestamp, *spec.feature_columns]].sort_values(
+        spec.entity_key
+    ).reset_index(drop=True)
+
+
+def materialize(spec, settings, end: datetime | None = None) -> dict:
+    """Apply, then incrementally materialize offline → online up to ``end`` (now)."""
+    store = apply(spec, settings)
+    end = end or datetime.now(UTC)
+    store.materialize_incremental(end_date=end)
+    views = [v.name for v in store.list_feature_views()]
+    return {"views": views, "end": end.isoformat(), "online": _online_config(spec, settings)["type"]}

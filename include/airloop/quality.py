@@ -1,0 +1,118 @@
+"""Data validation with Great Expectations, the suite built from the project spec.
+
+:class:`Validator` builds one ephemeral GX context and suite per ingest run and
+validates each landing batch against it. Values are coerced to the spec's types first
+(an unparseable number or timestamp becomes null, so it is caught by the not-null
+expectations instead of crashing the reader).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Outcome:
+    success: bool
+    rows: int
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def coerce(frame, spec):
+    """Cast columns to the spec's types (bad values → null); unknown columns stay."""
+    import pandas as pd
+
+    out = frame.copy()
+    if spec.timestamp in out:
+        out[spec.timestamp] = pd.to_datetime(out[spec.timestamp], utc=True, errors="coerce")
+    for name in (spec.entity_key, spec.label):
+        if name in out and not (name == spec.entity_key and spec.entity_dtype == "string"):
+            out[name] = pd.to_numeric(out[name], errors="coerce")
+    for col in spec.columns:
+        if col.name not in out:
+            continue
+        if col.dtype in ("int64", "float64"):
+            out[col.name] = pd.to_numeric(out[col.name], errors="coerce")
+        else:
+            out[col.name] = out[col.name].astype("string").astype(object)
+            out.loc[out[col.name].isna(), col.name] = None
+    return out
+
+
+def expectations(spec) -> list:
+    """The GX expectations a landing batch must meet, derived from the spec."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    columns = [spec.entity_key, spec.timestamp, *[c.name for c in spec.columns], spec.label]
+    out = [
+        e.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
+        e.ExpectTableRowCountToBeBetween(min_value=spec.raw["data"].get("min_rows", 1)),
+        e.ExpectColumnValuesToNotBeNull(column=spec.entity_key),
+        e.ExpectColumnValuesToNotBeNull(column=spec.timestamp),
+        e.ExpectColumnValuesToNotBeNull(column=spec.label),
+        e.ExpectColumnValuesToBeInSet(column=spec.label, value_set=[0, 1]),
+    ]
+    for col in spec.columns:
+        if not col.nullable:
+            out.append(e.ExpectColumnValuesToNotBeNull(column=col.name))
+        if col.min is not None or col.max is not None:
+            out.append(
+                e.ExpectColumnValuesToBeBetween(
+                    column=col.name, min_value=col.min, max_value=col.max
+                )
+            )
+        if col.allowed:
+            out.append(e.ExpectColumnValuesToBeInSet(column=col.name, value_set=list(col.allowed)))
+    return out
+
+
+class Validator:
+    """One GX context and suite, many batches."""
+
+    def __init__(self, spec):
+        import great_expectations as gx
+
+        self.spec = spec
+        self.context = gx.get_context(mode="ephemeral")
+        try:  # no tqdm bars in task logs
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        except (ImportError, AttributeError):
+            pass
+        source = self.context.data_sources.add_pandas(name=f"{spec.name}_landing")
+        asset = source.add_dataframe_asset(name="batch")
+        self.batch_definition = asset.add_batch_definition_whole_dataframe("whole")
+        self.suite = self.context.suites.add(gx.ExpectationSuite(name=f"{spec.name}_landing"))
+        for expectation in expectations(spec):
+            self.suite.add_expectation(expectation)
+
+    def validate(self, frame) -> Outcome:
+        batch = self.batch_definition.get_batch(batch_parameters={"dataframe": frame})
+        result = batch.validate(self.suite)
+        failures = []
+        for r in result.results:
+            if r.success:
+                continue
+            cfg = r.expectation_config
+            detail = r.result or {}
+            failures.append(
+                {
+                    "expectation": cfg.type,
+                    "column": cfg.kwargs.get("column"),
+                    "kwargs": {k: v for k, v in cfg.kwargs.items() if k not in ("column", "batch_id")},
+                    "unexpected_count": detail.get("unexpected_count"),
+                    "unexpected_sample": [
+                        str(v) for v in (detail.get("partial_unexpected_list") or [])[:5]
+                    ],
+                    "observed": str(detail.get("observed_value"))[:200]
+                    if "observed_value" in detail
+                    else None,
+                    "exception": (r.exception_info or {}).get("exception_message")
+                    if r.exception_info and r.exception_info.get("raised_exception")
+                    else None,
+                }
+            )
+        return Outcome(success=bool(result.success), rows=len(frame), failures=failures)

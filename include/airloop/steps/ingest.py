@@ -1,0 +1,163 @@
+"""Ingest: landing zone → validate (Great Expectations) → dataset → version (DVC).
+
+Contract
+--------
+Inputs: files in the project's ``landing/`` folder (``data.format``; dotfiles and
+``*.tmp`` are ignored as still being written).
+Outputs: valid rows appended to ``dataset/features.parquet`` (the Feast offline
+source), de-duplicated on (entity, timestamp); each ingested file moved to
+``processed/``; each invalid or unreadable file moved to ``quarantine/`` next to a
+``<file>.errors.json`` listing what failed; the dataset versioned with DVC.
+Result: ``{"files", "rows_added", "total_rows", "data_version", "quarantined"}``.
+Idempotent: a file is consumed once (moved), and rows already in the dataset are
+never added twice, so a retried try after a crash adds nothing new.
+Failure: when any file was quarantined, the good ones are ingested first, then
+:class:`~airloop.errors.ValidationFailed` names each bad file and its failures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+from airloop.errors import ValidationFailed
+from airloop.layout import layout
+
+
+def landing_files(folder: Path, fmt: str) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".tmp")
+    )
+
+
+def _read(path: Path, fmt: str):
+    import pandas as pd
+
+    if path.suffix == ".parquet" or fmt == "parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path)
+
+
+def _move(path: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    if target.exists():  # never overwrite an earlier file of the same name
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        target = folder / f"{path.stem}.{stamp}{path.suffix}"
+    shutil.move(str(path), target)
+    return target
+
+
+def _quarantine(path: Path, folder: Path, run_id: str, failures: list[dict]) -> str:
+    target = _move(path, folder)
+    report = {"file": path.name, "run_id": run_id, "at": datetime.now(UTC).isoformat(),
+              "failures": failures}
+    target.with_name(target.name + ".errors.json").write_text(json.dumps(report, indent=2))
+    return target.name
+
+
+def _summary(failures: list[dict]) -> str:
+    parts = []
+    for f in failures[:3]:
+        what = f["expectation"].removeprefix("expect_")
+        parts.append(f"{what}({f['column']})" if f.get("column") else what)
+    more = f" +{len(failures) - 3} more" if len(failures) > 3 else ""
+    return ", ".join(parts) + more
+
+
+def _typed(frame, spec):
+    out = frame[[spec.entity_key, spec.timestamp, *[c.name for c in spec.columns], spec.label]]
+    out = out.astype(
+        {
+            **{c.name: ("int64" if c.dtype == "int64" and not c.nullable else
+                        "float64" if c.dtype != "string" else "string")
+               for c in spec.columns},
+            spec.label: "int64",
+            **({spec.entity_key: "int64"} if spec.entity_dtype == "int64" else {}),
+        }
+    )
+    return out
+
+
+def append_rows(spec, settings, frame) -> tuple[int, int]:
+    """Append rows not yet in the dataset; returns (rows added, total rows)."""
+    import pandas as pd
+
+    path = layout(spec, settings).dataset_file
+    keys = [spec.entity_key, spec.timestamp]
+    if path.is_file():
+        current = pd.read_parquet(path)
+        merged = pd.concat([current, frame], ignore_index=True)
+    else:
+        current = None
+        merged = frame
+    merged = merged.drop_duplicates(subset=keys, keep="first").sort_values(keys, kind="stable")
+    added = len(merged) - (0 if current is None else len(current))
+    if added:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        merged.reset_index(drop=True).to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    return added, len(merged)
+
+
+def run(spec, *, run_id: str, settings) -> dict:
+    """Validate, version and store every new landing file (see module docstring)."""
+    import pandas as pd
+
+    from airloop import quality, versioning
+
+    paths = layout(spec, settings)
+    fmt = spec.raw["data"].get("format", "csv")
+    files = landing_files(paths.landing, fmt)
+    quarantined: list[tuple[str, str]] = []
+    good = []
+    validator = quality.Validator(spec) if files else None
+    for path in files:
+        try:
+            raw = _read(path, fmt)
+        except Exception as exc:  # any parser error: the file is unreadable
+            name = _quarantine(path, paths.quarantine, run_id, [
+                {"expectation": "expect_file_to_be_readable", "column": None,
+                 "exception": f"{type(exc).__name__}: {exc}"[:500]}])
+            quarantined.append((name, "unreadable"))
+            continue
+        frame = quality.coerce(raw, spec)
+        outcome = validator.validate(frame)
+        if not outcome.success:
+            name = _quarantine(path, paths.quarantine, run_id, outcome.failures)
+            quarantined.append((name, _summary(outcome.failures)))
+            continue
+        good.append((path, _typed(frame, spec)))
+
+    rows_added, total = 0, None
+    if good:
+        batch = pd.concat([f for _, f in good], ignore_index=True)
+        rows_added, total = append_rows(spec, settings, batch)
+        for path, _ in good:
+            _move(path, paths.processed)
+    version = versioning.current_version(spec, settings)
+    if rows_added or (good and version is None):
+        version = versioning.commit(spec, settings, run_id=run_id, rows=total)
+    if total is None and paths.dataset_file.is_file():
+        total = len(pd.read_parquet(paths.dataset_file, columns=[spec.entity_key]))
+    if quarantined:
+        detail = "; ".join(f"{name}: {why}" for name, why in quarantined)
+        raise ValidationFailed(
+            f"{len(quarantined)} of {len(files)} landing file(s) failed validation and were "
+            f"quarantined in {paths.quarantine} ({detail}); {len(good)} valid file(s) ingested"
+        )
+    return {
+        "files": len(good),
+        "rows_added": rows_added,
+        "total_rows": total or 0,
+        "data_version": version,
+        "quarantined": [],
+    }
