@@ -5,7 +5,8 @@ The project folder is a DVC repository; the curated dataset file is tracked with
 ``settings.dvc_remote/<tenant>/<project>``; S3 in production via the same config).
 Each version is the dataset's MD5 as DVC records it; ``dataset/versions.jsonl`` keeps
 the history (run id, md5, rows, time), and every version can be fetched back from the
-remote with its ``.dvc`` record (kept as ``dataset/versions/<md5>.dvc``).
+remote with its ``.dvc`` record (kept as ``dataset/versions/<md5>.yaml``; not ``.dvc``, which DVC would
+take for a second stage).
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def commit(spec, settings, *, run_id: str, rows: int) -> str:
     md5 = _md5(dvc_file)
     history = paths.dataset / "versions"
     history.mkdir(exist_ok=True)
-    if not (history / f"{md5}.dvc").exists():
-        shutil.copyfile(dvc_file, history / f"{md5}.dvc")
+    if not (history / f"{md5}.yaml").exists():
+        shutil.copyfile(dvc_file, history / f"{md5}.yaml")
     log = paths.dataset / "versions.jsonl"
     if current_version(spec, settings) != md5:
         with log.open("a") as fh:

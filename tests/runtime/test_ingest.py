@@ -1,0 +1,151 @@
+"""Ingest and Feast against real stores: GX validation, quarantine, DVC, SQLite/DuckDB."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from airloop import config, versioning
+from airloop.demo import churn
+from airloop.errors import ValidationFailed
+from airloop.layout import layout
+from airloop.spec import load_spec
+
+START = date(2026, 10, 1)
+
+
+@pytest.fixture(scope="module")
+def env(airloop_home, tmp_path_factory, monkeypatch_module):
+    home = tmp_path_factory.mktemp("ingest-home")
+    monkeypatch_module.setenv("AIRLOOP_HOME", str(home))
+    monkeypatch_module.delenv("AIRLOOP_FEAST_ONLINE", raising=False)
+    settings = config.load()
+    spec = load_spec("churn", settings.projects_dir)
+    return spec, settings, layout(spec, settings)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def _land(paths, spec, day, rows=200, name=None, frame=None):
+    paths.landing.mkdir(parents=True, exist_ok=True)
+    frame = frame if frame is not None else churn.generate_day(spec, day, start=START, rows=rows)
+    path = paths.landing / (name or f"churn_{START + timedelta(days=day)}.csv")
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_ingest_quarantines_bad_files_and_keeps_good_ones(env):
+    from airloop.steps import ingest
+
+    spec, settings, paths = env
+    _land(paths, spec, 0)
+    _land(paths, spec, 1)
+    _land(paths, spec, 0, name="bad.csv", frame=churn.corrupt_batch(spec, start=START))
+    (paths.landing / "garbage.parquet").write_bytes(b"\x00not parquet")
+    (paths.landing / ".half-written.csv.tmp").write_text("ignored")
+
+    with pytest.raises(ValidationFailed) as err:
+        ingest.run(spec, run_id="run-1", settings=settings)
+    message = str(err.value)
+    assert "bad.csv" in message and "garbage.parquet" in message and "\n" not in message
+    assert "2 valid file(s) ingested" in message
+
+    # Nothing dropped: bad files sit in quarantine with their reasons.
+    report = json.loads((paths.quarantine / "bad.csv.errors.json").read_text())
+    failed = {(f["expectation"], f["column"]) for f in report["failures"]}
+    assert ("expect_column_values_to_be_between", "age") in failed
+    assert ("expect_column_values_to_be_in_set", "contract_type") in failed
+    assert ("expect_column_values_to_be_in_set", "churned") in failed
+    assert ("expect_table_columns_to_match_set", None) in failed
+    assert (paths.quarantine / "garbage.parquet").exists()
+    unreadable = json.loads((paths.quarantine / "garbage.parquet.errors.json").read_text())
+    assert unreadable["failures"][0]["expectation"] == "expect_file_to_be_readable"
+    # Good files: ingested, moved, versioned.
+    assert sorted(p.name for p in paths.processed.iterdir()) == [
+        "churn_2026-10-01.csv", "churn_2026-10-02.csv"]
+    data = pd.read_parquet(paths.dataset_file)
+    assert len(data) == 400
+    assert str(data[spec.timestamp].dt.tz) == "UTC"
+    version = versioning.current_version(spec, settings)
+    assert version and len(version) == 32
+    remote = settings.dvc_remote / spec.tenant / spec.name
+    assert any(p.is_file() for p in remote.rglob("*")), "DVC pushed nothing to the remote"
+    assert (paths.landing / ".half-written.csv.tmp").exists()
+
+
+def test_reingest_is_idempotent_and_versions_change_with_data(env):
+    from airloop.steps import ingest
+
+    spec, settings, paths = env
+    before = versioning.current_version(spec, settings)
+    out = ingest.run(spec, run_id="run-2", settings=settings)
+    assert out["files"] == 0 and out["rows_added"] == 0 and out["data_version"] == before
+    # The same rows again (a producer re-sent a day) add nothing and keep the version.
+    _land(paths, spec, 1, name="resent.csv")
+    out = ingest.run(spec, run_id="run-3", settings=settings)
+    assert out["files"] == 1 and out["rows_added"] == 0 and out["total_rows"] == 400
+    assert out["data_version"] == before
+    _land(paths, spec, 2)
+    out = ingest.run(spec, run_id="run-4", settings=settings)
+    assert out["rows_added"] == 200 and out["total_rows"] == 600
+    assert out["data_version"] != before
+    assert [h["run_id"] for h in versioning.history(spec, settings)] == ["run-1", "run-4"]
+
+
+def test_materialize_and_online_reads_match_the_dataset(env):
+    from airloop.features import store
+    from airloop.serving.online import OnlineReader
+    from airloop.steps import materialize
+
+    spec, settings, paths = env
+    out = materialize.run(spec, run_id="m-1", settings=settings)
+    assert set(out["views"]) == {"customer_profile", "customer_activity"}
+    data = pd.read_parquet(paths.dataset_file)
+    latest = data.sort_values(spec.timestamp).groupby(spec.entity_key).tail(1)
+    sample = latest.head(5)
+    ids = [int(i) for i in sample[spec.entity_key]]
+    online = store.online_features(spec, settings, ids + [10**9]).set_index(spec.entity_key)
+    views = {v["name"]: v["features"] for v in spec.raw["features"]["views"]}
+    reader = OnlineReader(str(paths.online_store), spec.feast_project, views, spec.entity_key,
+                          spec.entity_dtype)
+    raw = reader.get(ids + [10**9])
+    for (_, row), fast in zip(sample.iterrows(), raw[:5], strict=True):
+        for feature in spec.feature_columns:
+            assert online.loc[row[spec.entity_key], feature] == pytest.approx(row[feature])
+            assert fast[feature] == pytest.approx(row[feature])
+    assert online.loc[10**9, spec.feature_columns].isna().all()
+    assert raw[5] is None
+
+
+def test_training_frame_is_point_in_time_correct(env):
+    from airloop.features import store
+    from airloop.steps import ingest
+
+    spec, settings, paths = env
+    # One customer seen twice with different values: each row must get its own time's.
+    t0 = datetime(2026, 10, 10, 8, tzinfo=UTC)
+    two = churn.generate_day(spec, 9, start=START, rows=60).iloc[:2].copy()
+    two[spec.entity_key] = 424242
+    two[spec.timestamp] = [t0, t0 + timedelta(hours=5)]
+    two["monthly_charges"] = [10.0, 99.0]
+    _land(paths, spec, 9, name="twice.csv", frame=pd.concat(
+        [churn.generate_day(spec, 9, start=START, rows=100), two]))
+    ingest.run(spec, run_id="run-5", settings=settings)
+    frame = store.training_frame(spec, settings)
+    data = pd.read_parquet(paths.dataset_file)
+    assert len(frame) == len(data)
+    assert list(frame.columns) == [spec.entity_key, spec.timestamp, *spec.feature_columns,
+                                   spec.label]
+    mine = frame[frame[spec.entity_key] == 424242].sort_values(spec.timestamp)
+    assert mine["monthly_charges"].tolist() == [10.0, 99.0]
+    assert frame[spec.timestamp].is_monotonic_increasing
+    latest = store.latest_offline_features(spec, settings)
+    assert latest[spec.entity_key].is_unique
+    assert latest.set_index(spec.entity_key).loc[424242, "monthly_charges"] == 99.0
