@@ -130,10 +130,43 @@ def latest_offline_features(spec, settings):
     ).reset_index(drop=True)
 
 
+def _utc(value) -> datetime:
+    import pandas as pd
+
+    ts = pd.Timestamp(value)
+    return (ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)).to_pydatetime()
+
+
 def materialize(spec, settings, end: datetime | None = None) -> dict:
-    """Apply, then incrementally materialize offline → online up to ``end`` (now)."""
+    """Apply, then incrementally materialize offline → online up to ``end`` (now).
+
+    Each view's window starts where its previous materialization ended; the first run
+    starts ``ttl`` before now, i.e. covers the whole dataset. Feast writes each
+    entity's latest row inside the window, so re-running with nothing new rewrites
+    nothing stale. Returns the views, the window (earliest start, end), the dataset
+    rows inside it and the entities written per view and overall.
+    """
+    data = _dataset(spec, settings, [spec.entity_key, spec.timestamp])
     store = apply(spec, settings)
-    end = end or datetime.now(UTC)
+    end = _utc(end or datetime.now(UTC))
+    names = [v["name"] for v in spec.raw["features"]["views"]]
+    starts = {}
+    for name in names:
+        view = store.get_feature_view(name)
+        starts[name] = _utc(view.most_recent_end_time or (datetime.now(UTC) - view.ttl))
     store.materialize_incremental(end_date=end)
-    views = [v.name for v in store.list_feature_views()]
-    return {"views": views, "end": end.isoformat(), "online": _online_config(spec, settings)["type"]}
+    ts = data[spec.timestamp]
+    per_view, written = {}, set()
+    for name, start in starts.items():
+        rows = data[(ts >= start) & (ts <= end)]
+        ids = set(rows[spec.entity_key].tolist())
+        written |= ids
+        per_view[name] = {"start": start.isoformat(), "rows": len(rows), "entities": len(ids)}
+    return {
+        "views": names,
+        "window": {"start": min(starts.values()).isoformat(), "end": end.isoformat()},
+        "rows": max((v["rows"] for v in per_view.values()), default=0),
+        "entities": len(written),
+        "per_view": per_view,
+        "online": _online_config(spec, settings)["type"],
+    }

@@ -1,0 +1,210 @@
+"""Feast feature repo from the spec on real stores (DuckDB offline, SQLite and Redis online).
+
+Data comes the way it does in the demo: ``airloop generate`` writes landing files, the
+ingest step validates and stores them, then materialize and the reads are checked
+against the dataset. Each module run uses its own home and a unique tenant, so the
+Feast project (and its Redis keys) never collides with parallel runs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime, timedelta
+
+import pandas as pd
+import pytest
+import yaml
+
+from airloop import config
+from airloop.cli import main as cli_main
+from airloop.layout import layout
+from airloop.spec import load_spec
+
+START = date(2026, 10, 1)
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="module")
+def mp():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def _project(tmp_path_factory, mp, label: str):
+    """A private home and projects dir holding the churn spec under a unique tenant."""
+    from helpers import REPO
+
+    base = tmp_path_factory.mktemp(f"features-{label}")
+    raw = yaml.safe_load((REPO / "include" / "projects" / "churn.yaml").read_text())
+    raw["tenant"] = f"t{uuid.uuid4().hex[:8]}"
+    (base / "projects").mkdir()
+    (base / "projects" / "churn.yaml").write_text(yaml.safe_dump(raw))
+    mp.setenv("AIRLOOP_HOME", str(base / "home"))
+    mp.setenv("AIRLOOP_PROJECTS_DIR", str(base / "projects"))
+    settings = config.load()
+    return load_spec("churn", settings.projects_dir), settings
+
+
+def _ingest(spec, settings, days=3, rows=300):
+    from airloop.steps import ingest
+
+    argv = ["generate", "--project", "churn", "--days", str(days), "--rows-per-day",
+            str(rows), "--start-date", START.isoformat()]
+    assert cli_main(argv) == 0
+    out = ingest.run(spec, run_id="ingest-1", settings=settings)
+    assert out["files"] == days and out["rows_added"] == days * rows
+    return pd.read_parquet(layout(spec, settings).dataset_file)
+
+
+@pytest.fixture(scope="module")
+def project(airloop_home, tmp_path_factory, mp):
+    mp.delenv("AIRLOOP_FEAST_ONLINE", raising=False)
+    spec, settings = _project(tmp_path_factory, mp, "sqlite")
+    data = _ingest(spec, settings)
+    return spec, settings, data
+
+
+def _latest(spec, data):
+    return data.sort_values(spec.timestamp).groupby(spec.entity_key).tail(1).set_index(
+        spec.entity_key
+    )
+
+
+def test_repo_objects_follow_the_spec(project):
+    from airloop.features.store import repo_objects
+
+    spec, settings, _ = project
+    entity, *views, service = repo_objects(spec, settings)
+    assert entity.join_key == "customer_id" and entity.owner == spec.owner
+    assert [v.name for v in views] == ["customer_profile", "customer_activity"]
+    dtypes = {c.name: c.dtype for c in spec.columns}
+    for view in views:
+        assert view.ttl == timedelta(days=spec.raw["features"]["ttl_days"])
+        assert view.owner == spec.owner and view.tags["tenant"] == spec.tenant
+        assert view.batch_source.path == str(layout(spec, settings).dataset_file)
+        for field in view.schema:
+            assert str(field.dtype).lower().startswith(
+                {"int64": "int64", "float64": "float64", "string": "string"}[dtypes[field.name]]
+            ), field.name
+    assert service.name == "churn_v1"
+    assert [p.name for p in service.feature_view_projections] == [v.name for v in views]
+
+
+def test_materialize_writes_the_window_once(project):
+    from airloop.steps import materialize
+
+    spec, settings, data = project
+    first = materialize.run(spec, run_id="m-1", settings=settings)
+    assert first["views"] == ["customer_profile", "customer_activity"]
+    assert first["online"] == "sqlite" and layout(spec, settings).online_store.is_file()
+    assert datetime.fromisoformat(first["window"]["start"]) < data[spec.timestamp].min()
+    assert first["rows"] == len(data)
+    assert first["entities"] == data[spec.entity_key].nunique()
+    # Idempotent: the next run starts where this one ended and finds nothing new.
+    again = materialize.run(spec, run_id="m-2", settings=settings)
+    assert again["window"]["start"] == first["window"]["end"]
+    assert again["rows"] == 0 and again["entities"] == 0
+
+
+def test_online_features_are_each_entitys_latest_values(project):
+    from airloop.features import store
+
+    spec, settings, data = project
+    latest = _latest(spec, data)
+    # Prefer customers seen more than once: their online value must be the newest one.
+    repeat = data[spec.entity_key].value_counts()
+    ids = [int(i) for i in repeat[repeat > 1].index[:8]]
+    assert ids, "the sample has no repeated customers; the test would prove nothing"
+    online = store.online_features(spec, settings, [*ids, 10**9]).set_index(spec.entity_key)
+    for entity_id in ids:
+        for feature in spec.feature_columns:
+            expected = latest.loc[entity_id, feature]
+            got = online.loc[entity_id, feature]
+            assert got == (pytest.approx(expected) if isinstance(expected, float) else expected)
+    assert online.loc[10**9, spec.feature_columns].isna().all()
+
+
+def test_training_frame_is_complete_and_point_in_time(project):
+    from airloop.features import store
+
+    spec, settings, data = project
+    frame = store.training_frame(spec, settings)
+    assert len(frame) == len(data)
+    assert list(frame.columns) == [spec.entity_key, spec.timestamp, *spec.feature_columns,
+                                   spec.label]
+    assert frame[spec.timestamp].is_monotonic_increasing
+    # Every row carries the values of its own (entity, time), never a later snapshot of
+    # the same customer; customers seen on several days make this check able to fail.
+    keys = [spec.entity_key, spec.timestamp]
+    joined = frame.merge(data, on=keys, suffixes=("", "_data"), validate="one_to_one")
+    assert len(joined) == len(data)
+    repeated = data.groupby(spec.entity_key)["monthly_charges"].nunique()
+    assert (repeated > 1).sum() > 10
+    for feature in [*spec.feature_columns, spec.label]:
+        left, right = joined[feature], joined[f"{feature}_data"]
+        if pd.api.types.is_float_dtype(right):
+            assert (left - right).abs().max() < 1e-9, feature
+        else:
+            assert (left.astype(str) == right.astype(str)).all(), feature
+
+
+def test_latest_offline_features_one_row_per_entity(project):
+    from airloop.features import store
+
+    spec, settings, data = project
+    frame = store.latest_offline_features(spec, settings).set_index(spec.entity_key)
+    latest = _latest(spec, data)
+    assert frame.index.is_unique and set(frame.index) == set(latest.index)
+    sample = latest.index[:20]
+    drift = frame.loc[sample, "monthly_charges"] - latest.loc[sample, "monthly_charges"]
+    assert drift.abs().max() < 1e-9
+    assert (frame.loc[sample, "contract_type"] == latest.loc[sample, "contract_type"]).all()
+
+
+def test_redis_online_store(airloop_home, tmp_path_factory):
+    """The production online store: same repo objects, materialized into real Redis."""
+    from airloop.features import store
+
+    with pytest.MonkeyPatch.context() as mp:
+        spec, settings = _project(tmp_path_factory, mp, "redis")
+        mp.setenv("AIRLOOP_FEAST_ONLINE", REDIS)
+        data = _ingest(spec, settings, days=1, rows=200)
+        fs = None
+        try:
+            out = store.materialize(spec, settings)
+            fs = store.feature_store(spec, settings)
+            assert out["online"] == "redis"
+            assert out["entities"] == data[spec.entity_key].nunique()
+            assert not layout(spec, settings).online_store.exists()
+            latest = _latest(spec, data)
+            ids = [int(i) for i in latest.index[:5]]
+            online = store.online_features(spec, settings, ids).set_index(spec.entity_key)
+            for entity_id in ids:
+                assert online.loc[entity_id, "monthly_charges"] == pytest.approx(
+                    latest.loc[entity_id, "monthly_charges"])
+                assert online.loc[entity_id, "payment_method"] == latest.loc[
+                    entity_id, "payment_method"]
+        finally:
+            if fs is not None:  # remove this test's keys from the shared Redis
+                fs.teardown()
+
+
+def test_bad_online_setting_is_one_clear_error(project):
+    from airloop.errors import AirloopError
+    from airloop.features import store
+
+    spec, settings, _ = project
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRLOOP_FEAST_ONLINE", "memcached://x")
+        with pytest.raises(AirloopError, match="AIRLOOP_FEAST_ONLINE"):
+            store.feature_store(spec, settings)
+
+
+def test_training_frame_without_dataset_says_ingest_first(airloop_home, tmp_path_factory):
+    from airloop.errors import AirloopError
+    from airloop.features import store
+
+    with pytest.MonkeyPatch.context() as mp:
+        spec, settings = _project(tmp_path_factory, mp, "empty")
+        with pytest.raises(AirloopError, match="ingest"):
+            store.training_frame(spec, settings)
