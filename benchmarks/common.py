@@ -276,6 +276,15 @@ def tree_pss_mib(pid: int) -> float | None:
 
 
 # -- module entry -----------------------------------------------------------------------
+_CHECKPOINT: Path | None = None
+
+
+def checkpoint(rows: list[Row], goals: list[Goal]) -> None:
+    """Write what is measured so far: a comparison stopped by its time limit keeps it."""
+    if _CHECKPOINT is not None:
+        _CHECKPOINT.write_text(json.dumps(result(rows, goals), indent=1, default=float))
+
+
 def main(run: Callable[[Path], dict]) -> None:
     """``python -m benchmarks.<module> --workdir D --out F.json``: run and write JSON."""
     import argparse
@@ -287,6 +296,8 @@ def main(run: Callable[[Path], dict]) -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     for key, value in NO_TELEMETRY.items():
         os.environ.setdefault(key, value)
+    global _CHECKPOINT
+    _CHECKPOINT = args.out
     try:
         doc = run(args.workdir)
     except Exception:

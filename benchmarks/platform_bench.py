@@ -126,7 +126,9 @@ def task_gaps(env: dict) -> tuple[list[float], list[float], str]:
 
     settings = config.load()
     user, password = admin_credentials(settings)
-    api = AirflowClient(f"http://127.0.0.1:{env['AIRLOOP_AIRFLOW_PORT']}", user, password)
+    # A loaded 2-core machine can keep the api-server busy for tens of seconds.
+    api = AirflowClient(f"http://127.0.0.1:{env['AIRLOOP_AIRFLOW_PORT']}", user, password,
+                        timeout=120.0)
     for dag_id in ("churn__ingest", "churn__materialize", "churn__monitor"):
         api.wait_for_dag(dag_id, timeout=180)
         api.unpause(dag_id)

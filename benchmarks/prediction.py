@@ -24,9 +24,9 @@ import json
 import os
 from pathlib import Path
 
-from benchmarks.common import (Goal, HttpClient, Row, free_port, latency_rounds, main, median,
-                               not_measured, result, spawn, stop, throughput, venv, wait_http,
-                               why)
+from benchmarks.common import (Goal, HttpClient, Row, checkpoint, free_port, latency_rounds,
+                               main, median, not_measured, result, spawn, stop, throughput,
+                               venv, wait_http, why)
 
 CMP = "1 prediction"
 SIZES = (1, 100)
@@ -185,6 +185,7 @@ def run(workdir: Path) -> dict:
         p50, _ = latency_rounds(lambda: sk.predict_proba(frames[n]), ROUNDS, N_SEQ)
         rows.append(Row(CMP, case, "in-process sklearn.predict_proba", "floor", "p50", "ms", p50))
 
+    checkpoint(rows, goals)
     # airloop's endpoint -----------------------------------------------------------------
     ours: dict[int, dict] = {}
     endpoint = None
@@ -226,6 +227,7 @@ def run(workdir: Path) -> dict:
             if r.role == "airloop" and r.comparison == CMP and r.metric == "p50":
                 r.note = f"prediction log on: {logged} rows written during the run"
 
+    checkpoint(rows, goals)
     # stock MLServer --------------------------------------------------------------------
     proc = None
     try:
@@ -240,6 +242,7 @@ def run(workdir: Path) -> dict:
         if proc is not None:
             stop(proc)
 
+    checkpoint(rows, goals)
     # mlflow models serve ---------------------------------------------------------------
     peer: dict[int, dict] = {}
     port = free_port()

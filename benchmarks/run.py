@@ -98,6 +98,11 @@ def run_module(name: str, limit: int, workdir: Path) -> tuple[dict, float]:
     elapsed = time.monotonic() - t0
     if rc == 0 and out.exists():
         return json.loads(out.read_text()), elapsed
+    if rc is None and out.exists():  # partial results checkpointed before the time limit
+        doc = json.loads(out.read_text())
+        doc["rows"].append(Row(name, "-", "remaining paths", "-", "-", "-", [],
+                               f"not measured: time limit of {limit}s reached").__dict__)
+        return doc, elapsed
     tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     reason = f"timed out after {limit}s" if rc is None else (tail[-1] if tail else f"exit {rc}")
     row = Row(name, "-", "whole comparison", "-", "-", "-", [], f"not measured: {reason[:300]}")
