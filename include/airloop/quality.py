@@ -2,8 +2,9 @@
 
 :class:`Validator` builds one ephemeral GX context and suite per ingest run and
 validates each landing batch against it. Values are coerced to the spec's types first
-(an unparseable number or timestamp becomes null, so it is caught by the not-null
-expectations instead of crashing the reader).
+(an unparseable number or timestamp becomes null instead of crashing the reader, and
+is reported as ``expect_column_values_to_be_parseable`` with the original value;
+fractional values in integer columns as ``expect_column_values_to_be_integers``).
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ class Validator:
         for expectation in expectations(spec):
             self.suite.add_expectation(expectation)
 
-    def validate(self, frame) -> Outcome:
+    def validate(self, frame, raw=None) -> Outcome:
+        """Validate ``frame`` (already :func:`coerce`-d); ``raw`` is the frame as read,
+        to report values the coercion could not parse."""
         batch = self.batch_definition.get_batch(batch_parameters={"dataframe": frame})
         result = batch.validate(self.suite)
         failures = []
@@ -115,4 +118,69 @@ class Validator:
                     else None,
                 }
             )
-        return Outcome(success=bool(result.success), rows=len(frame), failures=failures)
+        extra = integer_failures(frame, self.spec)
+        if raw is not None:
+            extra = parse_failures(raw, frame, self.spec) + extra
+        failures.extend(extra)
+        success = bool(result.success) and not extra
+        return Outcome(success=success, rows=len(frame), failures=failures)
+
+
+def integer_failures(frame, spec) -> list[dict[str, Any]]:
+    """Fractional values in integer columns (GX has no pandas "is integral" check).
+
+    Without it ``3.5`` in an ``int64`` column would pass the range checks and be
+    truncated to ``3`` when the dataset is typed.
+    """
+    columns = [c.name for c in spec.columns if c.dtype == "int64"]
+    if spec.entity_dtype == "int64":
+        columns.insert(0, spec.entity_key)
+    out = []
+    for name in columns:
+        if name not in frame:
+            continue
+        values = frame[name]
+        bad = values[values.notna() & (values % 1 != 0)]
+        if len(bad):
+            out.append(
+                {
+                    "expectation": "expect_column_values_to_be_integers",
+                    "column": name,
+                    "kwargs": {},
+                    "unexpected_count": int(len(bad)),
+                    "unexpected_sample": [str(v) for v in bad.head(5)],
+                    "observed": None,
+                    "exception": None,
+                }
+            )
+    return out
+
+
+def parse_failures(raw, frame, spec) -> list[dict[str, Any]]:
+    """Values present in the file that :func:`coerce` could not parse to the spec's type.
+
+    Reported even for nullable columns, where the not-null expectation would not see
+    them: an unparseable value must never turn into a silent null.
+    """
+    typed = [spec.timestamp, spec.label]
+    if spec.entity_dtype != "string":
+        typed.insert(0, spec.entity_key)
+    typed += [c.name for c in spec.columns if c.dtype != "string"]
+    out = []
+    for name in typed:
+        if name not in raw or name not in frame:
+            continue
+        bad = raw[name][raw[name].notna() & frame[name].isna()]
+        if len(bad):
+            out.append(
+                {
+                    "expectation": "expect_column_values_to_be_parseable",
+                    "column": name,
+                    "kwargs": {"type": "timestamp" if name == spec.timestamp else "number"},
+                    "unexpected_count": int(len(bad)),
+                    "unexpected_sample": [str(v) for v in bad.head(5)],
+                    "observed": None,
+                    "exception": None,
+                }
+            )
+    return out

@@ -149,3 +149,26 @@ def test_training_frame_is_point_in_time_correct(env):
     latest = store.latest_offline_features(spec, settings)
     assert latest[spec.entity_key].is_unique
     assert latest.set_index(spec.entity_key).loc[424242, "monthly_charges"] == 99.0
+
+
+def test_unparseable_and_fractional_values_are_reported_not_coerced(env):
+    """A bad timestamp or a fractional count must not become a null or a truncated int."""
+    from airloop.steps import ingest
+
+    spec, settings, paths = env
+    before = len(pd.read_parquet(paths.dataset_file))
+    frame = churn.generate_day(spec, 20, start=START, rows=80)
+    frame[spec.timestamp] = frame[spec.timestamp].astype(str)
+    frame.loc[3, spec.timestamp] = "yesterday-ish"
+    frame["tenure_months"] = frame["tenure_months"].astype(float)
+    frame.loc[5, "tenure_months"] = 12.5
+    _land(paths, spec, 20, name="sloppy.csv", frame=frame)
+    with pytest.raises(ValidationFailed, match=r"sloppy\.csv: \d+ failed expectation"):
+        ingest.run(spec, run_id="run-6", settings=settings)
+    report = json.loads((paths.quarantine / "sloppy.csv.errors.json").read_text())
+    by_kind = {(f["expectation"], f["column"]): f for f in report["failures"]}
+    parse = by_kind[("expect_column_values_to_be_parseable", spec.timestamp)]
+    assert parse["unexpected_sample"] == ["yesterday-ish"]
+    ints = by_kind[("expect_column_values_to_be_integers", "tenure_months")]
+    assert ints["unexpected_sample"] == ["12.5"] and ints["unexpected_count"] == 1
+    assert len(pd.read_parquet(paths.dataset_file)) == before

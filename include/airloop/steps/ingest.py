@@ -17,13 +17,15 @@ Failure: when any file was quarantined, the good ones are ingested first, then
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from airloop.errors import ValidationFailed
+from airloop.errors import AirloopError, ValidationFailed
 from airloop.layout import layout
 
 
@@ -69,7 +71,7 @@ def _summary(failures: list[dict]) -> str:
         what = f["expectation"].removeprefix("expect_")
         parts.append(f"{what}({f['column']})" if f.get("column") else what)
     more = f" +{len(failures) - 3} more" if len(failures) > 3 else ""
-    return ", ".join(parts) + more
+    return f"{len(failures)} failed expectation(s): " + ", ".join(parts) + more
 
 
 def _typed(frame, spec):
@@ -108,13 +110,36 @@ def append_rows(spec, settings, frame) -> tuple[int, int]:
     return added, len(merged)
 
 
+@contextmanager
+def _exclusive(paths):
+    """One ingest per project at a time (a manual run next to a scheduled one would
+    otherwise read the same landing files and race on the dataset file)."""
+    paths.dataset.mkdir(parents=True, exist_ok=True)
+    with open(paths.dataset / ".ingest.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AirloopError(
+                f"another ingest of {paths.root} is running; retry when it has finished"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def run(spec, *, run_id: str, settings) -> dict:
     """Validate, version and store every new landing file (see module docstring)."""
+    paths = layout(spec, settings)
+    with _exclusive(paths):
+        return _ingest(spec, paths, run_id=run_id, settings=settings)
+
+
+def _ingest(spec, paths, *, run_id: str, settings) -> dict:
     import pandas as pd
 
     from airloop import quality, versioning
 
-    paths = layout(spec, settings)
     fmt = spec.raw["data"].get("format", "csv")
     files = landing_files(paths.landing, fmt)
     quarantined: list[tuple[str, str]] = []
@@ -130,7 +155,7 @@ def run(spec, *, run_id: str, settings) -> dict:
             quarantined.append((name, "unreadable"))
             continue
         frame = quality.coerce(raw, spec)
-        outcome = validator.validate(frame)
+        outcome = validator.validate(frame, raw=raw)
         if not outcome.success:
             name = _quarantine(path, paths.quarantine, run_id, outcome.failures)
             quarantined.append((name, _summary(outcome.failures)))
@@ -144,7 +169,9 @@ def run(spec, *, run_id: str, settings) -> dict:
         for path, _ in good:
             _move(path, paths.processed)
     version = versioning.current_version(spec, settings)
-    if rows_added or (good and version is None):
+    if good:
+        # Also when no row was new: a try that crashed after writing the dataset but
+        # before versioning it is completed here (commit is a no-op when unchanged).
         version = versioning.commit(spec, settings, run_id=run_id, rows=total)
     if total is None and paths.dataset_file.is_file():
         total = len(pd.read_parquet(paths.dataset_file, columns=[spec.entity_key]))
