@@ -108,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # unexpected: keep the traceback for the log, end with one line
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: {type(exc).__name__}: {first}"[:1000], file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

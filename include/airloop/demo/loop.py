@@ -98,6 +98,11 @@ def send_traffic(endpoint: str, feedback_url: str, features, labels, say, tag: s
     return sent
 
 
+def _share(result: dict) -> str:
+    share = result.get("drift_share")
+    return "n/a" if share is None else f"{share:.2f}"
+
+
 def _reset(spec, settings, say) -> None:
     from airloop.layout import layout
 
@@ -236,7 +241,7 @@ def run_demo(args: argparse.Namespace) -> int:
     rid, _ = run_dag(monitor_id)
     m1 = api.xcom(monitor_id, rid, "monitor")
     say(
-        f"monitor: drift={m1['drift']} share={m1['drift_share']:.2f} "
+        f"monitor: drift={m1['drift']} share={_share(m1)} "
         f"retrain={m1['retrain']} ({m1['reason']})"
     )
     if m1["retrain"]:
@@ -264,7 +269,7 @@ def run_demo(args: argparse.Namespace) -> int:
     rid, _ = run_dag(monitor_id)
     m2 = api.xcom(monitor_id, rid, "monitor")
     say(
-        f"monitor: drift={m2['drift']} share={m2['drift_share']:.2f} "
+        f"monitor: drift={m2['drift']} share={_share(m2)} "
         f"columns={m2['drifted_columns']} retrain={m2['retrain']} ({m2['reason']})"
     )
     if not m2["retrain"]:
