@@ -32,12 +32,13 @@ class Component:
     name: str
     argv: list[str]
     url: str
-    health: str  # postgres | airflow-api | airflow-job:<key> | http:<path> | tcp | ray-nodes
+    health: str  # postgres | airflow-api | airflow-job:<key> | http:<path> | tcp | ray-head | ray-nodes
     ports: dict[str, int] = field(default_factory=dict)  # settings port name -> port
     env: dict[str, str] = field(default_factory=dict)
-    after: str | None = None  # start once this phase is reached: "db", "migrated", "ray-head"
+    after: str | None = None  # start at this phase: "db", "migrated", "services", "ray-head"
     stop_signal: str = "SIGTERM"
     run_as: str | None = None  # system user (PostgreSQL refuses to run as root)
+    log: str | None = None  # the supervisor's log of this component, when health reads it
 
 
 @dataclass(frozen=True)
@@ -307,35 +308,65 @@ def plan(settings: Settings, database_url: str | None, ray_cluster: bool) -> lis
         ),
     ]
     if ray_cluster:
-        ray = venv_tool(settings, "runtime", "ray")
-        address = f"{host}:{ports['ray_head']}"
-        common = ["--block", "--num-cpus", "1", "--node-ip-address", host]
-        comps += [
-            Component(
-                name="ray-head",
-                argv=[
-                    ray, "start", "--head", "--port", str(ports["ray_head"]), *common,
-                    "--include-dashboard=false", "--temp-dir", str(ray_temp_dir(settings)),
-                    # Ray's fixed default agent port (52365) would collide between the two
-                    # nodes and between parallel platforms: take free ports instead.
-                    "--dashboard-agent-listen-port", str(_free_port()),
-                ],
-                url=f"ray://{address}",
-                health="tcp",
-                ports={"ray_head": ports["ray_head"]},
-            ),
-            Component(
-                name="ray-worker",
-                argv=[
-                    ray, "start", "--address", address, *common,
-                    "--dashboard-agent-listen-port", str(_free_port()),
-                ],
-                url=f"ray://{address}",
-                health="ray-nodes",
-                after="ray-head",
-            ),
-        ]
+        comps += ray_components(settings)
     return comps
+
+
+#: Per-node limits of the loopback Ray cluster: one CPU each (two nodes on a shared
+#: 2-core machine) and a small object store (Ray's default is 30 % of RAM per node).
+RAY_NODE_CPUS = 1
+RAY_OBJECT_STORE_BYTES = 200 * 1024 * 1024
+
+
+def ray_components(settings: Settings) -> list[Component]:
+    """A Ray head and one worker node on ``settings.host`` (``up --ray-cluster``).
+
+    The head starts once every other component is healthy (phase ``services``):
+    ``ray start`` gives a node's raylet a fixed 30 s to register with the GCS and
+    exits after that, which the Airflow start-up burst on a 2-core machine exceeded.
+    The worker starts only after the head is healthy (phase ``ray-head``: the GCS
+    answers and the head's ``ray start`` confirmed its node registered);
+    ``ray start --address`` against a GCS whose head node is not registered yet exits. Both nodes share the head's
+    ``--temp-dir`` (short: Ray's unix socket paths must stay under 108 bytes).
+    """
+    host, ports = settings.host, settings.ports
+    ray = venv_tool(settings, "runtime", "ray")
+    address = f"{host}:{ports['ray_head']}"
+    common = [
+        "--block", "--num-cpus", str(RAY_NODE_CPUS), "--num-gpus", "0",
+        "--node-ip-address", host, "--object-store-memory", str(RAY_OBJECT_STORE_BYTES),
+        "--disable-usage-stats",
+        # Worker output stays in the session's log files; no log-streaming process.
+        "--include-log-monitor=false",
+    ]
+    return [
+        Component(
+            name="ray-head",
+            argv=[
+                ray, "start", "--head", "--port", str(ports["ray_head"]), *common,
+                "--include-dashboard=false", "--temp-dir", str(ray_temp_dir(settings)),
+                # Ray's fixed default agent port (52365) would collide between the two
+                # nodes and between parallel platforms: take free ports instead.
+                "--dashboard-agent-listen-port", str(_free_port()),
+            ],
+            url=f"ray://{address}",
+            health="ray-head",
+            ports={"ray_head": ports["ray_head"]},
+            after="services",
+            log=str(settings.logs_dir / "ray-head.log"),
+        ),
+        Component(
+            name="ray-worker",
+            argv=[
+                ray, "start", "--address", address, *common,
+                "--dashboard-agent-listen-port", str(_free_port()),
+            ],
+            url=f"ray://{address}",
+            health="ray-nodes",
+            after="ray-head",
+            log=str(settings.logs_dir / "ray-worker.log"),
+        ),
+    ]
 
 
 def postgres_system_user() -> str | None:

@@ -6,7 +6,9 @@ fast shutdown). Its only output is ``run/state.json`` and ``logs/*.log``.
 
 Start order: PostgreSQL (initdb once) -> databases ``airflow``/``mlflow`` created if
 missing (phase ``db``) -> MLflow, MLServer and ``airflow db migrate`` -> the four
-Airflow processes (phase ``migrated``) -> Ray head -> Ray worker (phase ``ray-head``).
+Airflow processes (phase ``migrated``) -> with ``--ray-cluster``, once all of them are
+healthy (phase ``services``), the Ray head -> the Ray worker once the head node is
+registered in the GCS (phase ``ray-head``, dropped while the head is down).
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ from airloop.platform.state import write_state
 STOP_TIMEOUT = 20.0
 MAX_BACKOFF = 30.0
 MIGRATE_ATTEMPTS = 3
+#: Phases of the Ray nodes: ``services`` (every other component healthy; the head's
+#: ``ray start`` gives its raylet a fixed 30 s to register, which the Airflow start-up
+#: burst on a small machine exceeds) and ``ray-head`` (the worker's start condition).
+RAY_PHASES = ("services", "ray-head")
+SERVICES_CHECK_INTERVAL = 2.0
 
 
 def options_path(settings: Settings) -> Path:
@@ -179,6 +186,7 @@ class Supervisor:
             for c in self.comps
         }
         self.phases: set[str] = set()
+        self.services_next_check = 0.0
         self.migrate: subprocess.Popen | None = None
         self.migrate_attempts = 0
         self.migrate_status = "waiting"
@@ -233,6 +241,9 @@ class Supervisor:
             delay = min(MAX_BACKOFF, 2.0 ** (info["failures"] - 1))
             info.update(last_exit=proc.returncode, next_start=now + delay,
                         status="crashloop" if info["failures"] >= 3 else "backoff")
+            if comp.name == "ray-head":
+                # A new head is a new cluster: a worker (re)start waits until it is healthy.
+                self.phases.discard("ray-head")
             print(f"{time.ctime()} {comp.name} exited with {proc.returncode} after {ran:.0f}s;"
                   f" restarting in {delay:.0f}s", flush=True)
 
@@ -280,10 +291,21 @@ class Supervisor:
                     self.migrate_status = "failed"
                 else:
                     self.migrate_status = f"retrying (exit {code})"
-        if "ray-head" not in self.phases and "ray-head" in self.info and "ray-head" in self.procs:
+        if ("services" not in self.phases and time.monotonic() >= self.services_next_check
+                and any(c.after == "services" for c in self.comps)):
+            self.services_next_check = time.monotonic() + SERVICES_CHECK_INTERVAL
+            cache: dict = {}
+            if all(c.name in self.procs and health.check(c, cache)[0]
+                   for c in self.comps if c.after not in RAY_PHASES):
+                self.phases.add("services")
+                print(f"{time.ctime()} services healthy", flush=True)
+        if "ray-head" not in self.phases and "ray-head" in self.procs:
+            # Not just the GCS port: `ray start --address` exits when the head node is
+            # not registered yet, so wait until the head's `ray start` confirmed it.
             comp = next(c for c in self.comps if c.name == "ray-head")
             if health.check(comp, {})[0]:
                 self.phases.add("ray-head")
+                print(f"{time.ctime()} ray-head healthy: starting ray-worker", flush=True)
 
     def step(self) -> None:
         self.reap()
