@@ -71,7 +71,7 @@ def spec_for(tenant: str, **drift):
 
 @pytest.fixture(scope="module")
 def trained(mlflow_server):
-    """One logged model run with the train step's artifact layout; returns (run id, model)."""
+    """One logged model run with the train step's artifact layout; returns (model uri, model)."""
     import mlflow
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression
@@ -94,7 +94,7 @@ def trained(mlflow_server):
     mlflow.set_experiment(f"montest-{uuid.uuid4().hex[:6]}")
     with mlflow.start_run(tags={"airloop.dag_run_id": "train-1"}) as run, \
             tempfile.TemporaryDirectory() as tmp:
-        mlflow.sklearn.log_model(
+        info = mlflow.sklearn.log_model(
             model, name="model", pyfunc_predict_fn="predict_proba",
             pip_requirements=["scikit-learn", "pandas"],
         )
@@ -103,7 +103,7 @@ def trained(mlflow_server):
             frame.to_parquet(path)
             mlflow.log_artifact(str(path), name)
         mlflow.log_metric("holdout_roc_auc", auc)
-    return run.info.run_id, model
+    return info.model_uri, model
 
 
 @pytest.fixture
@@ -113,15 +113,15 @@ def project(trained, mlflow_server):
 
     from airloop import config
 
-    run_id, _ = trained
+    model_uri, _ = trained
 
     def make(**drift):
+        import mlflow
+
         spec = spec_for(f"t{uuid.uuid4().hex[:8]}", **drift)
         client = MlflowClient(mlflow_server)
-        client.create_registered_model(spec.model_name)
-        mv = client.create_model_version(spec.model_name, f"runs:/{run_id}/model", run_id=run_id,
-                                         tags={"airloop.metric": "0.8",
-                                               "airloop.dag_run_id": "train-1"})
+        mv = mlflow.register_model(model_uri, spec.model_name,
+                                   tags={"airloop.metric": "0.8", "airloop.dag_run_id": "train-1"})
         client.set_registered_model_alias(spec.model_name, "champion", mv.version)
         return spec, config.load()
 
