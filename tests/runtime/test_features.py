@@ -161,14 +161,17 @@ def test_latest_offline_features_one_row_per_entity(project):
     assert (frame.loc[sample, "contract_type"] == latest.loc[sample, "contract_type"]).all()
 
 
-def test_redis_online_store(airloop_home, tmp_path_factory):
+def test_redis_online_store(project, tmp_path_factory):
     """The production online store: same repo objects, materialized into real Redis."""
     from airloop.features import store
 
+    data = project[2]
     with pytest.MonkeyPatch.context() as mp:
         spec, settings = _project(tmp_path_factory, mp, "redis")
         mp.setenv("AIRLOOP_FEAST_ONLINE", REDIS)
-        data = _ingest(spec, settings, days=1, rows=200)
+        # The ingested dataset of the SQLite project, as this project's offline source.
+        layout(spec, settings).dataset.mkdir(parents=True)
+        data.to_parquet(layout(spec, settings).dataset_file, index=False)
         fs = None
         try:
             out = store.materialize(spec, settings)
@@ -208,3 +211,64 @@ def test_training_frame_without_dataset_says_ingest_first(airloop_home, tmp_path
         spec, settings = _project(tmp_path_factory, mp, "empty")
         with pytest.raises(AirloopError, match="ingest"):
             store.training_frame(spec, settings)
+
+
+def test_model_server_reader_sees_what_materialize_wrote(project):
+    """The model server reads Feast's SQLite tables itself (no Feast next to MLServer):
+    with the settings the deploy step hands it, it must return the SDK's values."""
+    from airloop.features import store
+    from airloop.serving.online import OnlineReader
+    from airloop.steps.deploy import runtime_extra
+
+    spec, settings, data = project
+    store.materialize(spec, settings)  # idempotent; makes this test order-independent
+    extra = runtime_extra(spec, settings, "1")
+    assert extra["online_store"] == store.online_location(spec, settings)
+    latest = _latest(spec, data)
+    ids = [int(i) for i in latest.index[:10]]
+    sdk = store.online_features(spec, settings, ids).set_index(spec.entity_key)
+    with OnlineReader(extra["online_store"], extra["feast_project"], extra["views"],
+                      extra["join_key"], extra["entity_dtype"]) as reader:
+        rows = reader.get([*ids, 10**9])
+    assert rows[-1] is None
+    for entity_id, row in zip(ids, rows, strict=False):
+        assert row is not None, entity_id
+        for feature in spec.feature_columns:
+            expected = latest.loc[entity_id, feature]
+            if isinstance(expected, float):
+                assert row[feature] == pytest.approx(expected)
+                assert sdk.loc[entity_id, feature] == pytest.approx(expected)
+            else:
+                assert row[feature] == expected == sdk.loc[entity_id, feature], feature
+
+
+def test_training_rows_never_see_their_entitys_future(airloop_home, tmp_path_factory):
+    """One customer seen at 08:00 and 13:00 with different values: the 08:00 training
+    row must carry the 08:00 values although a newer snapshot exists."""
+    from airloop.features import store
+    from airloop.steps import ingest
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("AIRLOOP_FEAST_ONLINE", raising=False)
+        spec, settings = _project(tmp_path_factory, mp, "pit")
+        from airloop.demo import churn
+
+        base = churn.generate_day(spec, 0, start=START, rows=60)
+        twice = base.iloc[:2].copy()
+        t0 = pd.Timestamp(datetime(2026, 10, 1, 8), tz="UTC")
+        twice[spec.entity_key] = 424242
+        twice[spec.timestamp] = [t0, t0 + timedelta(hours=5)]
+        twice["monthly_charges"] = [10.0, 99.0]
+        twice["contract_type"] = ["month-to-month", "two-year"]
+        paths = layout(spec, settings)
+        paths.landing.mkdir(parents=True, exist_ok=True)
+        pd.concat([base, twice]).to_csv(paths.landing / "day0.csv", index=False)
+        out = ingest.run(spec, run_id="pit-1", settings=settings)
+        assert out["rows_added"] == 62
+        frame = store.training_frame(spec, settings)
+        assert len(frame) == 62
+        mine = frame[frame[spec.entity_key] == 424242].sort_values(spec.timestamp)
+        assert mine["monthly_charges"].tolist() == [10.0, 99.0]
+        assert mine["contract_type"].tolist() == ["month-to-month", "two-year"]
+        latest = store.latest_offline_features(spec, settings).set_index(spec.entity_key)
+        assert latest.loc[424242, "monthly_charges"] == 99.0

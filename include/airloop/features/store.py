@@ -34,6 +34,14 @@ def _online_config(spec, settings):
     return {"type": "sqlite", "path": str(layout(spec, settings).online_store)}
 
 
+def online_location(spec, settings) -> str:
+    """Where the online store lives, as :class:`airloop.serving.online.OnlineReader` takes
+    it: the ``redis://`` URL when ``AIRLOOP_FEAST_ONLINE`` is set, else the SQLite file."""
+    if _online_config(spec, settings)["type"] == "redis":
+        return os.environ["AIRLOOP_FEAST_ONLINE"].strip()
+    return str(layout(spec, settings).online_store)
+
+
 def repo_objects(spec, settings) -> list:
     """Entity, source, feature views and the feature service of the project."""
     from airloop.features.entities import entity
@@ -84,10 +92,11 @@ def training_frame(spec, settings):
 
     The entity dataframe is every (entity, timestamp, label) of the dataset; features
     come from Feast's historical retrieval, so a row only ever sees feature values at
-    or before its own timestamp.
+    or before its own timestamp. The spec's objects are applied first (idempotent), so
+    training works before the first materialization and always sees the spec's views.
     """
     entity_df = _dataset(spec, settings, [spec.entity_key, spec.timestamp, spec.label])
-    store = feature_store(spec, settings)
+    store = apply(spec, settings)
     frame = store.get_historical_features(
         entity_df=entity_df, features=store.get_feature_service(spec.feature_service)
     ).to_df()
@@ -105,23 +114,33 @@ def online_features(spec, settings, entity_ids):
     """Online feature rows of ``entity_ids`` through the Feast SDK (None where absent)."""
     import pandas as pd
 
+    from feast.errors import FeatureServiceNotFoundException
+
     store = feature_store(spec, settings)
+    try:
+        service = store.get_feature_service(spec.feature_service)
+    except FeatureServiceNotFoundException:
+        raise AirloopError(
+            f"feature service {spec.feature_service} is not registered in Feast project "
+            f"{spec.feast_project}: run the materialize step first"
+        ) from None
     out = store.get_online_features(
-        features=store.get_feature_service(spec.feature_service),
+        features=service,
         entity_rows=[{spec.entity_key: e} for e in entity_ids],
     ).to_dict()
     return pd.DataFrame(out)[[spec.entity_key, *spec.feature_columns]]
 
 
 def latest_offline_features(spec, settings):
-    """Each entity's latest feature row from the offline store (batch prediction input)."""
-    import pandas as pd
+    """Each entity's latest feature row from the offline store (batch prediction input).
 
+    Columns [entity, timestamp, *features], one row per entity, by entity; the timestamp
+    is the entity's latest event time, and the features are Feast's point-in-time
+    values as of that time (that row's own values).
+    """
     keys = _dataset(spec, settings, [spec.entity_key, spec.timestamp])
     latest = keys.groupby(spec.entity_key, as_index=False)[spec.timestamp].max()
-    # Ask as of "now" so that each entity gets its freshest values within the ttl.
-    latest[spec.timestamp] = pd.Timestamp(datetime.now(UTC))
-    store = feature_store(spec, settings)
+    store = apply(spec, settings)
     frame = store.get_historical_features(
         entity_df=latest, features=store.get_feature_service(spec.feature_service)
     ).to_df()
