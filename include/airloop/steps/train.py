@@ -171,6 +171,9 @@ class Trial:
         return max(scored, key=lambda t: (t[0], -t[1]))
 
 
+RAY_START_ATTEMPTS = 3
+
+
 def _ray_temp_dir(settings) -> Path:
     preferred = settings.home / "ray"
     if len(str(preferred)) <= _RAY_TMP_MAX:
@@ -198,13 +201,23 @@ def ray_session(settings):
     else:
         temp = _ray_temp_dir(settings)
         temp.mkdir(parents=True, exist_ok=True)
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            _temp_dir=str(temp),
-            log_to_driver=False,
-        )
+        # Ray gives a new node a fixed 30 s to register; on a saturated machine its agents
+        # can take longer to import. Starting again is cheap next to failing the task.
+        for attempt in range(1, RAY_START_ATTEMPTS + 1):
+            try:
+                ray.init(
+                    address="local",
+                    num_cpus=2,
+                    include_dashboard=False,
+                    _temp_dir=str(temp),
+                    log_to_driver=False,
+                )
+                break
+            except Exception as exc:
+                if "timed out during startup" not in str(exc) or attempt == RAY_START_ATTEMPTS:
+                    raise
+                log.warning("local Ray did not start (attempt %d): %s; retrying", attempt, exc)
+                ray.shutdown()
     try:
         yield
     finally:
