@@ -118,12 +118,31 @@ class Validator:
                     else None,
                 }
             )
+        _explain_missing_columns(failures, frame, self.spec)
         extra = integer_failures(frame, self.spec)
         if raw is not None:
             extra = parse_failures(raw, frame, self.spec) + extra
         failures.extend(extra)
         success = bool(result.success) and not extra
         return Outcome(success=success, rows=len(frame), failures=failures)
+
+
+def _explain_missing_columns(failures: list[dict[str, Any]], frame, spec) -> None:
+    """Say which columns are missing or unexpected, and put table-level failures first.
+
+    GX reports the column-set mismatch as two lists and a missing column's value
+    expectations with no detail at all; the errors file should name the column.
+    """
+    expected = [spec.entity_key, spec.timestamp, *[c.name for c in spec.columns], spec.label]
+    missing = [c for c in expected if c not in frame.columns]
+    unexpected = [str(c) for c in frame.columns if c not in expected]
+    for f in failures:
+        if f["expectation"] == "expect_table_columns_to_match_set":
+            f.update(missing=missing, unexpected=unexpected,
+                     observed=f"missing {missing}, unexpected {unexpected}")
+        elif f.get("column") in missing and not f.get("observed"):
+            f["observed"] = "column missing from the file"
+    failures.sort(key=lambda f: f.get("column") is not None)  # stable: suite order otherwise
 
 
 def integer_failures(frame, spec) -> list[dict[str, Any]]:

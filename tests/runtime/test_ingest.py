@@ -59,6 +59,9 @@ def test_ingest_quarantines_bad_files_and_keeps_good_ones(env):
     message = str(err.value)
     assert "bad.csv" in message and "garbage.parquet" in message and "\n" not in message
     assert "2 valid file(s) ingested" in message
+    # The line names the missing column and the value checks that failed, not just counts.
+    assert "table_columns_to_match_set(missing satisfaction_score; unexpected -)" in message
+    assert "column_values_to_be_in_set(churned)" in message
 
     # Nothing dropped: bad files sit in quarantine with their reasons.
     report = json.loads((paths.quarantine / "bad.csv.errors.json").read_text())
@@ -67,6 +70,11 @@ def test_ingest_quarantines_bad_files_and_keeps_good_ones(env):
     assert ("expect_column_values_to_be_in_set", "contract_type") in failed
     assert ("expect_column_values_to_be_in_set", "churned") in failed
     assert ("expect_table_columns_to_match_set", None) in failed
+    assert report["failures"][0]["missing"] == ["satisfaction_score"]  # table-level first
+    ages = next(f for f in report["failures"] if f["column"] == "age")
+    assert ages["unexpected_count"] == 5 and ages["unexpected_sample"][0] == "250"
+    gone = [f for f in report["failures"] if f["column"] == "satisfaction_score"]
+    assert gone and all(f["observed"] == "column missing from the file" for f in gone)
     assert (paths.quarantine / "garbage.parquet").exists()
     unreadable = json.loads((paths.quarantine / "garbage.parquet.errors.json").read_text())
     assert unreadable["failures"][0]["expectation"] == "expect_file_to_be_readable"

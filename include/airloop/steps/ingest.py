@@ -67,10 +67,15 @@ def _quarantine(path: Path, folder: Path, run_id: str, failures: list[dict]) -> 
 
 def _summary(failures: list[dict]) -> str:
     parts = []
-    for f in failures[:3]:
+    # A missing column fails each of its value checks too; the column-set entry says it.
+    shown = [f for f in failures if f.get("observed") != "column missing from the file"]
+    for f in shown[:3]:
         what = f["expectation"].removeprefix("expect_")
+        if f.get("missing") or f.get("unexpected"):  # name the columns, not just the check
+            what += f"(missing {','.join(f['missing']) or '-'}; "
+            what += f"unexpected {','.join(f['unexpected']) or '-'})"
         parts.append(f"{what}({f['column']})" if f.get("column") else what)
-    more = f" +{len(failures) - 3} more" if len(failures) > 3 else ""
+    more = f" +{len(failures) - len(parts)} more" if len(failures) > len(parts) else ""
     return f"{len(failures)} failed expectation(s): " + ", ".join(parts) + more
 
 
