@@ -43,8 +43,13 @@ def _md5(dvc_file: Path) -> str:
     return meta["outs"][0]["md5"]
 
 
-def commit(spec, settings, *, run_id: str, rows: int) -> str:
-    """Track and push the current dataset; returns its version (MD5). Idempotent."""
+def commit(spec, settings, *, run_id: str, rows: int, events: tuple | None = None) -> str:
+    """Track and push the current dataset; returns its version (MD5). Idempotent.
+
+    ``events`` is the (earliest, latest) event time of the rows this version added, kept
+    in the history so that materialization can reach back for late-arriving rows;
+    ``None`` means unknown (materialization then refreshes the whole dataset).
+    """
     paths = layout(spec, settings)
     data = paths.dataset_file
     if not data.is_file():
@@ -68,7 +73,9 @@ def commit(spec, settings, *, run_id: str, rows: int) -> str:
             fh.write(
                 json.dumps(
                     {"run_id": run_id, "md5": md5, "rows": rows,
-                     "ts": datetime.now(UTC).isoformat()}
+                     "ts": datetime.now(UTC).isoformat(),
+                     "events": None if events is None else
+                     {"start": events[0].isoformat(), "end": events[1].isoformat()}}
                 )
                 + "\n"
             )

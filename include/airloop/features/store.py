@@ -156,24 +156,58 @@ def _utc(value) -> datetime:
     return (ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)).to_pydatetime()
 
 
+def _late_start(spec, settings, data):
+    """Earliest event time among rows ingested since the last materialization, when it
+    may lie before a view's last materialized end (rows that arrived late)."""
+    import json
+
+    from airloop import versioning
+
+    state_file = layout(spec, settings).feast / "materialized.json"
+    if not state_file.is_file():
+        return None  # first run: every view starts ttl before now anyway
+    done = json.loads(state_file.read_text()).get("data_version")
+    history = versioning.history(spec, settings)
+    seen = [i for i, entry in enumerate(history) if entry["md5"] == done]
+    newer = history[seen[-1] + 1 :] if seen else history
+    if not newer:
+        return None
+    if any(not entry.get("events") for entry in newer):
+        return _utc(data[spec.timestamp].min())  # unknown: refresh everything
+    return min(_utc(entry["events"]["start"]) for entry in newer)
+
+
 def materialize(spec, settings, end: datetime | None = None) -> dict:
-    """Apply, then incrementally materialize offline → online up to ``end`` (now).
+    """Apply, then materialize offline → online from where the last run ended to ``end``.
 
     Each view's window starts where its previous materialization ended; the first run
-    starts ``ttl`` before now, i.e. covers the whole dataset. Feast writes each
-    entity's latest row inside the window, so re-running with nothing new rewrites
-    nothing stale. Returns the views, the window (earliest start, end), the dataset
-    rows inside it and the entities written per view and overall.
+    starts ``ttl`` before now, i.e. covers the whole dataset. Rows ingested since the
+    last run with event times before that point (late data, e.g. a backfilled day)
+    pull the start back to their earliest event time, read from the DVC version
+    history, so they are never skipped. Feast writes each entity's latest row inside
+    the window, so re-running with nothing new writes nothing. Returns the views, the
+    window (start, end), the dataset rows inside it and the entities written.
     """
+    import json
+
+    from airloop import versioning
+
     data = _dataset(spec, settings, [spec.entity_key, spec.timestamp])
     store = apply(spec, settings)
     end = _utc(end or datetime.now(UTC))
     names = [v["name"] for v in spec.raw["features"]["views"]]
+    late = _late_start(spec, settings, data)
     starts = {}
     for name in names:
         view = store.get_feature_view(name)
-        starts[name] = _utc(view.most_recent_end_time or (datetime.now(UTC) - view.ttl))
-    store.materialize_incremental(end_date=end)
+        start = _utc(view.most_recent_end_time or (datetime.now(UTC) - view.ttl))
+        starts[name] = min(start, late) if late is not None else start
+    start = min(starts.values())
+    if start < end:
+        store.materialize(start_date=start, end_date=end)
+    state = layout(spec, settings).feast / "materialized.json"
+    state.write_text(json.dumps({"data_version": versioning.current_version(spec, settings),
+                                 "end": end.isoformat()}))
     ts = data[spec.timestamp]
     per_view, written = {}, set()
     for name, start in starts.items():

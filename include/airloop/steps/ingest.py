@@ -93,8 +93,12 @@ def _typed(frame, spec):
     return out
 
 
-def append_rows(spec, settings, frame) -> tuple[int, int]:
-    """Append rows not yet in the dataset; returns (rows added, total rows)."""
+def append_rows(spec, settings, frame) -> tuple[int, int, tuple | None]:
+    """Append rows not yet in the dataset.
+
+    Returns (rows added, total rows, (earliest, latest) event time of the added rows or
+    None when nothing was added).
+    """
     import pandas as pd
 
     path = layout(spec, settings).dataset_file
@@ -105,14 +109,18 @@ def append_rows(spec, settings, frame) -> tuple[int, int]:
     else:
         current = None
         merged = frame
-    merged = merged.drop_duplicates(subset=keys, keep="first").sort_values(keys, kind="stable")
-    added = len(merged) - (0 if current is None else len(current))
+    merged = merged.drop_duplicates(subset=keys, keep="first")
+    known = 0 if current is None else len(current)
+    fresh = merged[spec.timestamp][merged.index >= known]  # rows that came from `frame`
+    window = (fresh.min().to_pydatetime(), fresh.max().to_pydatetime()) if len(fresh) else None
+    merged = merged.sort_values(keys, kind="stable")
+    added = len(merged) - known
     if added:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         merged.reset_index(drop=True).to_parquet(tmp, index=False)
         os.replace(tmp, path)
-    return added, len(merged)
+    return added, len(merged), window
 
 
 @contextmanager
@@ -167,17 +175,17 @@ def _ingest(spec, paths, *, run_id: str, settings) -> dict:
             continue
         good.append((path, _typed(frame, spec)))
 
-    rows_added, total = 0, None
+    rows_added, total, window = 0, None, None
     if good:
         batch = pd.concat([f for _, f in good], ignore_index=True)
-        rows_added, total = append_rows(spec, settings, batch)
+        rows_added, total, window = append_rows(spec, settings, batch)
         for path, _ in good:
             _move(path, paths.processed)
     version = versioning.current_version(spec, settings)
     if good:
         # Also when no row was new: a try that crashed after writing the dataset but
         # before versioning it is completed here (commit is a no-op when unchanged).
-        version = versioning.commit(spec, settings, run_id=run_id, rows=total)
+        version = versioning.commit(spec, settings, run_id=run_id, rows=total, events=window)
     if total is None and paths.dataset_file.is_file():
         total = len(pd.read_parquet(paths.dataset_file, columns=[spec.entity_key]))
     if quarantined:
