@@ -13,5 +13,5 @@ def entity(spec):
         value_type=value_type,
         description=f"{spec.entity_name} of project {spec.name}",
         owner=spec.owner,
-        tags={"tenant": spec.tenant, "project": spec.name},
+        tags={"tenant": spec.tenant, "project": spec.name, "owner": spec.owner},
     )

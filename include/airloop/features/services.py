@@ -11,5 +11,5 @@ def feature_service(spec, views: list):
         features=views,
         description=f"Model inputs of {spec.name} (spec features.service_version)",
         owner=spec.owner,
-        tags={"tenant": spec.tenant, "project": spec.name},
+        tags={"tenant": spec.tenant, "project": spec.name, "owner": spec.owner},
     )

@@ -14,5 +14,5 @@ def dataset_source(spec, settings):
         timestamp_field=spec.timestamp,
         description="Validated landing batches (airloop ingest), one parquet file",
         owner=spec.owner,
-        tags={"tenant": spec.tenant, "project": spec.name},
+        tags={"tenant": spec.tenant, "project": spec.name, "owner": spec.owner},
     )

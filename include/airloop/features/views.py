@@ -26,7 +26,7 @@ def feature_views(spec, entity, source) -> list:
             online=True,
             description=view.get("description", ""),
             owner=spec.owner,
-            tags={"tenant": spec.tenant, "project": spec.name},
+            tags={"tenant": spec.tenant, "project": spec.name, "owner": spec.owner},
         )
         for view in spec.raw["features"]["views"]
     ]
