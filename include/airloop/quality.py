@@ -105,7 +105,9 @@ class Validator:
                 {
                     "expectation": cfg.type,
                     "column": cfg.kwargs.get("column"),
-                    "kwargs": {k: v for k, v in cfg.kwargs.items() if k not in ("column", "batch_id")},
+                    "kwargs": {
+                        k: v for k, v in cfg.kwargs.items() if k not in ("column", "batch_id")
+                    },
                     "unexpected_count": detail.get("unexpected_count"),
                     "unexpected_sample": [
                         str(v) for v in (detail.get("partial_unexpected_list") or [])[:5]

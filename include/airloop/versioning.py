@@ -5,8 +5,8 @@ The project folder is a DVC repository; the curated dataset file is tracked with
 ``settings.dvc_remote/<tenant>/<project>``; S3 in production via the same config).
 Each version is the dataset's MD5 as DVC records it; ``dataset/versions.jsonl`` keeps
 the history (run id, md5, rows, time), and every version can be fetched back from the
-remote with its ``.dvc`` record (kept as ``dataset/versions/<md5>.yaml``; not ``.dvc``, which DVC would
-take for a second stage).
+remote with its ``.dvc`` record (kept as ``dataset/versions/<md5>.yaml``; not ``.dvc``,
+which DVC would take for a second stage).
 """
 
 from __future__ import annotations

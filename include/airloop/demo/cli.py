@@ -11,7 +11,9 @@ from airloop.errors import AirloopError
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="write synthetic daily batches into a project's landing zone")
+    p = sub.add_parser(
+        "generate", help="write synthetic daily batches into a project's landing zone"
+    )
     p.add_argument("--project", required=True, help="project spec with a data.generator")
     p.add_argument("--days", type=int, required=True, help="number of daily files to write")
     p.add_argument("--start-day", type=int, default=0, help="index of the first day (default 0)")
@@ -38,7 +40,7 @@ def generator_for(spec):
     try:
         return getattr(importlib.import_module(module), func)
     except (ImportError, AttributeError) as exc:
-        raise AirloopError(f"{spec.path}: data.generator {target!r} cannot be loaded: {exc}")
+        raise AirloopError(f"{spec.path}: data.generator {target!r} cannot be loaded: {exc}") from exc
 
 
 def _write(frame, folder, name: str, fmt: str) -> str:
@@ -72,7 +74,8 @@ def generate(args: argparse.Namespace) -> int:
             spec, day, start=start, rows=args.rows_per_day,
             drift_from_day=args.drift_from_day, seed=args.seed,
         )
-        name = _write(frame, landing, f"{spec.name}_{(start + timedelta(days=day)).isoformat()}", fmt)
+        stem = f"{spec.name}_{(start + timedelta(days=day)).isoformat()}"
+        name = _write(frame, landing, stem, fmt)
         print(f"{name}: {len(frame)} rows")
     if args.corrupt:
         from airloop.demo.churn import corrupt_batch
