@@ -227,10 +227,12 @@ def run_demo(args: argparse.Namespace) -> int:
     # 3. one prediction from entity ids only ---------------------------------------
     import pandas as pd
 
-    entity = pd.DataFrame({spec.entity_key: [1, 2]})
+    known = pd.read_parquet(paths.dataset_file, columns=[spec.entity_key])[spec.entity_key]
+    ids = [int(i) for i in known.drop_duplicates().head(2)]
+    entity = pd.DataFrame({spec.entity_key: ids})
     answer = _http_json(endpoint, v2_request(entity, f"demo-{uuid.uuid4().hex[:8]}"))
     outputs = {o["name"]: o["data"] for o in answer["outputs"]}
-    say(f"prediction for {spec.entity_key}=1,2 (features from the online store): {outputs}")
+    say(f"prediction for {spec.entity_key}={ids} (features from the online store): {outputs}")
 
     # 4. normal traffic → monitor: no drift ----------------------------------------
     feats, labels = churn.traffic(
