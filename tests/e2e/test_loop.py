@@ -132,9 +132,14 @@ def test_malformed_inference_is_4xx_and_server_keeps_serving(platform):
         status, text = _post(base, body)
         assert 400 <= status < 500, (body, status, text)
         assert text, "a 4xx must say what was wrong"
+    import pandas as pd
+
+    dataset = Path(platform["AIRLOOP_HOME"]) / "data/demo/churn/dataset/features.parquet"
+    known = int(pd.read_parquet(dataset, columns=["customer_id"])["customer_id"].iloc[0])
     status, out = _post(
         base,
-        {"inputs": [{"name": "customer_id", "shape": [1], "datatype": "INT64", "data": [3]}]},
+        {"inputs": [{"name": "customer_id", "shape": [1], "datatype": "INT64",
+                     "data": [known]}]},
     )
     assert status == 200, out
     assert {o["name"] for o in out["outputs"]} >= {"score", "prediction"}
