@@ -99,15 +99,15 @@ def generate_day(
         )
     else:  # a competitor's data-heavy offer: different people leave, for other reasons
         logit = (
-            -1.6
+            -1.7
             + 0.4 * (contract == 0)
             - 0.005 * tenure
-            + 0.03 * (usage - 40)
-            + 1.6 * (payment == 3)
-            + 0.5 * (devices >= 4)
+            + 0.05 * (usage - 40)
+            + 2.2 * (payment == 3)
+            + 0.8 * (devices >= 4)
             + 0.05 * support
             - 0.05 * (satisfaction - 7)
-            + 0.5 * pool["temper"][idx]
+            + 0.3 * pool["temper"][idx]
         )
     churned = (rng.random(rows) < _sigmoid(logit)).astype(np.int64)
 

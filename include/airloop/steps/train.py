@@ -512,6 +512,9 @@ def tune_and_fit(frame: pd.DataFrame, spec, settings, *, run_id: str,
             client.log_artifacts(parent_id, str(hold_dir), "holdout")
 
         tracking.use(settings)
+        # The fluent API checks the run against the process's active experiment; pin it
+        # to the run's own so a caller's earlier set_experiment() cannot interfere.
+        mlflow.set_experiment(experiment_id=client.get_run(parent_id).info.experiment_id)
         sample = X_fit.head(100)
         signature = infer_signature(sample, pipeline.predict_proba(sample))
         log.info("train: trials logged, refitted and scored at %.1fs; logging the model",
