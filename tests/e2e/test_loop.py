@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,8 +29,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory):
-    home = tmp_path_factory.mktemp("e2e-home")
+def platform():
+    # Not under pytest's basetemp: a later pytest session re-applies mode 0700 to that
+    # root, and the embedded PostgreSQL (running as the `postgres` user) loses its data
+    # directory mid-test.
+    home = Path(tempfile.mkdtemp(prefix="airloop-e2e-"))
+    home.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRLOOP_", "MLFLOW_"))}
     env["AIRLOOP_HOME"] = str(home)
     env["AIRLOOP_PROJECTS_DIR"] = str(REPO / "include" / "projects")
@@ -43,6 +49,7 @@ def platform(tmp_path_factory):
         yield env
     finally:
         subprocess.run([venv_bin("control", "airloop"), "down"], env=env, timeout=180)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _client(env):
