@@ -27,17 +27,7 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parents[1]
 VENVS = Path(os.environ.get("AIRLOOP_VENVS", REPO / ".venvs"))
 
-NO_TELEMETRY = {
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "FEAST_USAGE": "False",
-    "SCARF_ANALYTICS": "false",
-    "AIRFLOW__CORE__ANALYTICS_ENABLED": "False",
-    "RAY_AUTH_MODE": "disabled",
-}
+from airloop.config import NO_TELEMETRY  # noqa: E402  (one list of switches)
 
 
 @dataclass

@@ -76,18 +76,10 @@ def train_and_register(workdir: Path, model_name: str):
 
 
 def v2_body(frame, rid: str = "bench") -> bytes:
-    inputs = []
-    for name in frame.columns:
-        col = frame[name]
-        if col.dtype.kind in "iu":
-            dtype, data = "INT64", [int(v) for v in col]
-        elif col.dtype.kind == "f":
-            dtype, data = "FP64", [float(v) for v in col]
-        else:
-            dtype, data = "BYTES", [str(v) for v in col]
-        inputs.append({"name": name, "shape": [len(frame)], "datatype": dtype, "data": data})
-    return json.dumps({"id": rid, "inputs": inputs,
-                       "parameters": {"content_type": "pd"}}).encode()
+    """The same V2 request the demo sends (one input per column)."""
+    from airloop.demo.loop import v2_request
+
+    return json.dumps(v2_request(frame, rid)).encode()
 
 
 def mlflow_body(frame) -> bytes:
