@@ -38,5 +38,5 @@ run_tier runtime runtime tests/runtime
 run_tier platform control tests/platform
 run_tier e2e runtime tests/e2e
 echo
-echo "all tiers: $passed passed, $failed failed"
+echo "total: $passed passed, $failed failed"
 exit $status
