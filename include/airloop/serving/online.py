@@ -401,12 +401,24 @@ class _Resp:
         self._sock.sendall(cmd)
         return self._reply()
 
+    def _pipeline(self, commands: list[tuple[bytes, ...]]) -> list[Any]:
+        """Send every command in one write, then read the replies in order."""
+        self._sock.sendall(b"".join(
+            b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+            for args in commands
+        ))
+        return [self._reply() for _ in commands]
+
     def call(self, *args: bytes) -> Any:
+        return self.call_many([args])[0]
+
+    def call_many(self, commands: list[tuple[bytes, ...]]) -> list[Any]:
+        """Pipelined commands (one round trip), reconnecting once on a broken socket."""
         for attempt in (0, 1):
             try:
                 if self._sock is None:
                     self._open()
-                return self._call(*args)
+                return self._pipeline(commands)
             except (ConnectionError, TimeoutError, OSError) as exc:
                 self.close()
                 if attempt:
@@ -437,8 +449,8 @@ class _RedisBackend:
     def read(self, keys: list[bytes]) -> list[dict[str, dict[str, bytes]]]:
         args = [f for _, _, f in self.fields] + self.ts_fields
         out: list[dict[str, dict[str, bytes]]] = []
-        for key in keys:
-            values = self.client.call(b"HMGET", key + self.project, *args)
+        replies = self.client.call_many([(b"HMGET", key + self.project, *args) for key in keys])
+        for values in replies:
             row: dict[str, dict[str, bytes]] = {}
             written = {
                 self.views[i] for i, ts in enumerate(values[len(self.fields) :]) if ts is not None
