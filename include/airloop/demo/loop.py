@@ -167,10 +167,8 @@ def run_demo(args: argparse.Namespace) -> int:
             tmp.rename(paths.landing / name)
         say(f"landed {len(days)} daily files ({len(days) * ROWS_PER_DAY} rows) in {paths.landing}")
 
-    def run_dag(dag_id: str, conf: dict | None = None) -> tuple[str, dict]:
-        run = api.trigger(dag_id, conf)
-        rid = run["dag_run_id"]
-        say(f"triggered {dag_id} ({rid})")
+    def finish(dag_id: str, rid: str) -> dict:
+        """Wait for a run, printing task state changes; fail unless it succeeded."""
         final = api.wait(
             dag_id,
             rid,
@@ -179,7 +177,12 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         if final["state"] != "success":
             raise AirloopError(f"{dag_id} run {rid} ended {final['state']}; see the Airflow UI")
-        return rid, final
+        return final
+
+    def run_dag(dag_id: str, conf: dict | None = None) -> tuple[str, dict]:
+        rid = api.trigger(dag_id, conf)["dag_run_id"]
+        say(f"triggered {dag_id} ({rid})")
+        return rid, finish(dag_id, rid)
 
     def ingest_and_materialize() -> None:
         rid, _ = run_dag(f"{p}__ingest")
@@ -285,14 +288,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if retrain_run is None:
         raise AirloopError(f"the monitor did not trigger {train_id}")
     say(f"retraining triggered by the monitor: {train_id} ({retrain_run})")
-    final = api.wait(
-        train_id,
-        retrain_run,
-        timeout=args.timeout,
-        progress=lambda ch: say("   " + ", ".join(f"{k}={v}" for k, v in sorted(ch.items()))),
-    )
-    if final["state"] != "success":
-        raise AirloopError(f"retraining run {retrain_run} ended {final['state']}")
+    finish(train_id, retrain_run)
     second = api.xcom(train_id, retrain_run, "train")
     gate2 = api.xcom(train_id, retrain_run, "gate")
 

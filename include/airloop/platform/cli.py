@@ -354,16 +354,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m airloop.platform`` — the platform commands without the step CLI."""
-    parser = argparse.ArgumentParser(prog="airloop", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_commands(sub)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return int(args.func(args) or 0)
-    except AirloopError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    """``python -m airloop.platform`` — the same commands as ``airloop up|down|status|logs``."""
+    from airloop.cli import main as cli_main
+
+    return cli_main(argv)
