@@ -5,7 +5,8 @@
 * :func:`validate_object` validates one object: built-in kinds with
   kubernetes-validate (strict, i.e. unknown fields rejected) for :data:`KUBE_VERSION`;
   custom resources against the published CRD schemas in ``/work/shared/crds``
-  (``../shared/crds`` from the repository root), made strict the way the API server's
+  (``../shared/crds`` from the repository root) and ``tests/data/crds`` (CRDs kept with
+  the tests, sources in its ``SOURCES.md``), made strict the way the API server's
   field validation is: an object schema that lists properties and neither declares
   ``additionalProperties`` nor ``x-kubernetes-preserve-unknown-fields`` rejects
   unknown fields.
@@ -25,7 +26,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
-CRD_DIR = SHARED / "crds"
+#: Directories searched for ``<group>_<plural>.yaml`` CRD files, in this order.
+CRD_DIRS = (SHARED / "crds", REPO / "tests" / "data" / "crds")
 CHART = REPO / "helm" / "airloop"
 KUBE_VERSION = "1.37.0"
 RELEASE, NAMESPACE = "airloop", "airloop-system"
@@ -119,24 +121,30 @@ def crd_schema(api_version: str, kind: str) -> dict[str, Any] | None:
     group = api_version.split("/")[0]
     if "." not in group:
         return None
-    for path in sorted(CRD_DIR.glob(f"{group}_*.yaml")):
+    for path in crd_files(group):
         schema = _file_schemas(path).get((api_version, kind))
         if schema is not None:
             return schema
     return None
 
 
+def crd_files(group: str) -> list[Path]:
+    """CRD files of one API group in every directory of :data:`CRD_DIRS`."""
+    return [path for d in CRD_DIRS for path in sorted(d.glob(f"{group}_*.yaml"))]
+
+
 def is_custom(obj: dict[str, Any]) -> bool:
     group = obj["apiVersion"].split("/")[0]
-    return "." in group and not group.endswith("k8s.io") and bool(
-        list(CRD_DIR.glob(f"{group}_*.yaml"))
-    )
+    return "." in group and not group.endswith("k8s.io") and bool(crd_files(group))
 
 
 def validate_custom(obj: dict[str, Any]) -> None:
     schema = crd_schema(obj["apiVersion"], obj["kind"])
     if schema is None:
-        raise LookupError(f"no CRD schema for {obj['apiVersion']} {obj['kind']} in {CRD_DIR}")
+        raise LookupError(
+            f"no CRD schema for {obj['apiVersion']} {obj['kind']} in "
+            + " or ".join(str(d) for d in CRD_DIRS)
+        )
     _validate_metadata(obj)
     jsonschema.Draft7Validator(schema).validate(obj)
 
