@@ -224,6 +224,12 @@ def write_mlserver_settings(settings: Settings) -> Path:
     return path
 
 
+def mlflow_metrics_dir(settings: Settings) -> Path:
+    """prometheus_client's multiprocess files of the local MLflow server
+    (``--expose-prometheus``; MLflow creates the directory)."""
+    return settings.home / "mlflow" / "prometheus"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -272,6 +278,8 @@ def plan(settings: Settings, database_url: str | None, ray_cluster: bool) -> lis
                      "localhost", "127.0.0.1"]
                     + ([f"{host}:{ports['mlflow']}", host] if host not in ("127.0.0.1", "localhost") else [])
                 ),
+                # Prometheus text at <url>/metrics (request counts and latencies).
+                "--expose-prometheus", str(mlflow_metrics_dir(settings)),
             ],
             url=f"http://{host}:{ports['mlflow']}",
             health="http:/health",
