@@ -41,6 +41,23 @@ class TestAllObjects:
             except Exception as exc:  # name the object in the failure
                 pytest.fail(f"{case}: {obj['kind']}/{obj['metadata']['name']}: {exc}")
 
+    def test_every_service_monitor_scrapes_a_rendered_service_port(self, rendered):
+        """A ServiceMonitor selects a Service of the release by its labels, and each
+        endpoint port is a named port of that Service."""
+        case, objs = rendered
+        monitors = by_kind(objs, "ServiceMonitor")
+        assert monitors
+        services = by_kind(objs, "Service")
+        for sm in monitors:
+            want = sm["spec"]["selector"]["matchLabels"]
+            hits = [s for s in services
+                    if s["metadata"]["namespace"] == sm["metadata"]["namespace"]
+                    and want.items() <= (s["metadata"].get("labels") or {}).items()]
+            assert len(hits) == 1, f"{case}: ServiceMonitor {sm['metadata']['name']} selects {len(hits)} Services"
+            ports = {p.get("name") for p in hits[0]["spec"]["ports"]}
+            for ep in sm["spec"]["endpoints"]:
+                assert ep["port"] in ports, f"{case}: {sm['metadata']['name']}: no port {ep['port']!r} in {ports}"
+
     def test_every_container_restricted_with_resources(self, rendered):
         case, objs = rendered
         pods = [(f"{o['kind']}/{o['metadata']['name']}", p) for o in objs for p in pod_specs(o)]
@@ -64,6 +81,57 @@ class TestMlflow:
     def test_generated_secret_only_without_existing(self):
         assert by_kind(render_chart(), "Secret")
         assert not by_kind(render_chart(PRODUCTION), "Secret")
+
+    def test_basic_auth_has_a_shared_csrf_key_and_an_admin_user(self):
+        objs = render_chart()
+        (secret,) = by_kind(objs, "Secret", "airloop-mlflow")
+        data = secret["stringData"]
+        assert len(data["flask-secret-key"]) >= 32
+        assert f"admin_username = {data['admin-username']}" in data["basic_auth.ini"]
+        dep = by_kind(objs, "Deployment", "airloop-mlflow")[0]
+        key = jmespath.search(
+            "spec.template.spec.containers[0].env[?name=='MLFLOW_FLASK_SERVER_SECRET_KEY']"
+            ".valueFrom.secretKeyRef | [0]", dep)
+        assert key == {"name": "airloop-mlflow", "key": "flask-secret-key"}
+
+    def test_prometheus_metrics_exposed_and_scraped_with_basic_auth(self):
+        objs = render_chart(PRODUCTION)
+        dep = by_kind(objs, "Deployment", "airloop-mlflow")[0]
+        pod = dep["spec"]["template"]["spec"]
+        args = jmespath.search("containers[0].args", pod)
+        (flag,) = [a for a in args if a.startswith("--expose-prometheus=")]
+        metrics_dir = flag.split("=", 1)[1]
+        # the directory is under a writable emptyDir mount (root filesystem is read-only)
+        mounts = jmespath.search("containers[0].volumeMounts", pod)
+        (mount,) = [m for m in mounts if metrics_dir.startswith(m["mountPath"].rstrip("/") + "/")]
+        assert not mount.get("readOnly")
+        volume = jmespath.search(f"volumes[?name=='{mount['name']}'] | [0]", pod)
+        assert "emptyDir" in volume
+        # Prometheus scrapes <pod IP>:<port>; that Host must pass MLflow's --allowed-hosts
+        hosts = next(a for a in args if a.startswith("--allowed-hosts=")).split("=", 1)[1].split(",")
+        assert "$(POD_IP):5000" in hosts
+        assert jmespath.search("containers[0].env[?name=='POD_IP'].valueFrom.fieldRef.fieldPath | [0]",
+                               pod) == "status.podIP"
+        (sm,) = [o for o in by_kind(objs, "ServiceMonitor") if o["metadata"]["name"] == "airloop-mlflow"]
+        assert jmespath.search("spec.endpoints[0].[port, path]", sm) == ["http", "/metrics"]
+        assert jmespath.search("spec.endpoints[0].basicAuth", sm) == {
+            "username": {"name": "airloop-mlflow", "key": "admin-username"},
+            "password": {"name": "airloop-mlflow", "key": "admin-password"},
+        }
+        assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+    def test_metrics_scrape_secret_and_switches(self):
+        own = {"mlflow": {"metrics": {"basicAuth": {"secretName": "mlflow-scraper",
+                                                    "usernameKey": "user", "passwordKey": "pass"}}}}
+        (sm,) = render_chart(own, ["templates/mlflow/mlflow-servicemonitor.yaml"])
+        assert jmespath.search("spec.endpoints[0].basicAuth.password", sm) == {"name": "mlflow-scraper", "key": "pass"}
+        assert not render_chart({"monitoring": {"serviceMonitors": False}},
+                                ["templates/mlflow/mlflow-servicemonitor.yaml"])
+        objs = render_chart({"mlflow": {"metrics": {"enabled": False}}})
+        assert not [o for o in by_kind(objs, "ServiceMonitor") if o["metadata"]["name"] == "airloop-mlflow"]
+        dep = by_kind(objs, "Deployment", "airloop-mlflow")[0]
+        text = json.dumps(dep)
+        assert "--expose-prometheus" not in text and "POD_IP" not in text
 
 
 class TestFeast:
@@ -170,6 +238,9 @@ class TestValuesSchema:
             ({"mlflow": {"replica": 2}}, "replica"),
             ({"ray": {"workers": {"maxReplicas": "many"}}}, "maxReplicas"),
             ({"tenants": [{"name": "Bad_Name"}]}, "name"),
+            ({"mlflow": {"metrics": {"enable": False}}}, "enable"),
+            ({"mlflow": {"metrics": {"basicAuth": {"usernameKey": "user name"}}}}, "usernameKey"),
+            ({"mlflow": {"metrics": {"basicAuth": {"secretName": "Scraper_Secret"}}}}, "secretName"),
         ],
     )
     def test_bad_values_rejected_naming_the_key(self, values, named):
