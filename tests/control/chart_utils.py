@@ -62,12 +62,32 @@ def render_chart(
             continue
         if not path.endswith((".yaml", ".yml")):
             continue
-        for doc in yaml.safe_load_all(text):
+        try:
+            docs = list(yaml.load_all(text, Loader=_UniqueKeyLoader))
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{rel}: {exc}") from exc
+        for doc in docs:
             if doc:
                 doc.setdefault("metadata", {}).setdefault("annotations", {})
                 doc["metadata"]["annotations"].setdefault("airloop.test/template", rel)
                 objects.append(doc)
     return objects
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe loader that rejects a mapping key given twice (PyYAML keeps the last one
+    silently; Kubernetes' strict field validation reports it as a duplicate field)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _strip_test_annotation(obj: dict[str, Any]) -> dict[str, Any]:

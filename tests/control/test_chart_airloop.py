@@ -145,6 +145,50 @@ class TestFeast:
         assert "redis.example:6379" in by_kind(ext, "ConfigMap", "airloop-feast")[0]["data"]["feature_store.yaml"]
 
 
+    def test_redis_exporter_sidecar_service_port_and_monitor(self):
+        objs = render_chart()
+        (sts,) = by_kind(objs, "StatefulSet", "airloop-redis")
+        pod = sts["spec"]["template"]["spec"]
+        exporter = jmespath.search("containers[?name=='redis-exporter'] | [0]", pod)
+        assert exporter["image"] == "docker.io/oliver006/redis_exporter:v1.88.0"
+        assert "--redis.addr=redis://127.0.0.1:6379" in exporter["args"]
+        assert "--web.listen-address=:9121" in exporter["args"]
+        assert jmespath.search("ports[?name=='metrics'].containerPort", exporter) == [9121]
+        assert jmespath.search("readinessProbe.httpGet.path", exporter) == "/health"
+        assert exporter["securityContext"]["runAsUser"] == 59000
+        assert exporter["securityContext"]["readOnlyRootFilesystem"] is True
+        (svc,) = by_kind(objs, "Service", "airloop-redis")
+        assert jmespath.search("spec.ports[?name=='metrics'].[port, targetPort] | [0]", svc) == [9121, "metrics"]
+        (sm,) = [o for o in by_kind(objs, "ServiceMonitor") if o["metadata"]["name"] == "airloop-redis"]
+        assert jmespath.search("spec.endpoints[0].[port, path]", sm) == ["metrics", "/metrics"]
+        assert sm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "redis"
+
+    def test_redis_exporter_values(self):
+        digest = "sha256:" + "a" * 64
+        objs = render_chart({
+            "images": {"redisExporter": {"repository": "registry.example/redis_exporter", "tag": "v1.88.0",
+                                         "digest": digest}},
+            "feast": {"redis": {"exporter": {"port": 9200, "resources": {
+                "requests": {"cpu": "20m", "memory": "48Mi"}, "limits": {"cpu": "200m", "memory": "96Mi"}}}}},
+        })
+        sts = by_kind(objs, "StatefulSet", "airloop-redis")[0]
+        exporter = jmespath.search("spec.template.spec.containers[?name=='redis-exporter'] | [0]", sts)
+        assert exporter["image"] == f"registry.example/redis_exporter@{digest}"
+        assert "--web.listen-address=:9200" in exporter["args"]
+        assert exporter["resources"]["limits"] == {"cpu": "200m", "memory": "96Mi"}
+        svc = by_kind(objs, "Service", "airloop-redis")[0]
+        assert jmespath.search("spec.ports[?name=='metrics'].port", svc) == [9200]
+        # switched off: no sidecar, no port, no monitor
+        off = render_chart({"feast": {"redis": {"exporter": {"enabled": False}}}})
+        sts = by_kind(off, "StatefulSet", "airloop-redis")[0]
+        assert [c["name"] for c in sts["spec"]["template"]["spec"]["containers"]] == ["redis"]
+        assert jmespath.search("spec.ports[].name", by_kind(off, "Service", "airloop-redis")[0]) == ["redis"]
+        assert not [o for o in by_kind(off, "ServiceMonitor") if o["metadata"]["name"] == "airloop-redis"]
+        # external Redis: nothing of the in-chart one
+        ext = render_chart({"feast": {"redis": {"enabled": False, "externalUrl": "redis.example:6379"}}})
+        assert not [o for o in ext if o["metadata"]["name"] == "airloop-redis"]
+
+
 class TestRay:
     def test_token_auth_and_autoscaling(self):
         (rc,) = render_chart(PRODUCTION, ["templates/ray/ray-raycluster.yaml"])
@@ -239,6 +283,9 @@ class TestValuesSchema:
             ({"ray": {"workers": {"maxReplicas": "many"}}}, "maxReplicas"),
             ({"tenants": [{"name": "Bad_Name"}]}, "name"),
             ({"mlflow": {"metrics": {"enable": False}}}, "enable"),
+            ({"images": {"redisExporter": {"repository": "oliver006/redis_exporter", "tag": ""}}}, "tag"),
+            ({"feast": {"redis": {"exporter": {"port": "9121"}}}}, "port"),
+            ({"feast": {"redis": {"exporter": {"resources": {"limits": {"memory": "64 Mi"}}}}}}, "memory"),
             ({"mlflow": {"metrics": {"basicAuth": {"usernameKey": "user name"}}}}, "usernameKey"),
             ({"mlflow": {"metrics": {"basicAuth": {"secretName": "Scraper_Secret"}}}}, "secretName"),
         ],
@@ -265,6 +312,7 @@ class TestCheckValues:
             ({"feast": {"redis": {"enabled": False}}}, "externalUrl"),
             ({"tenants": [{"name": "a"}, {"name": "a"}]}, "duplicate tenant"),
             ({"ray": {"workers": {"minReplicas": 5, "maxReplicas": 2}}}, "minReplicas"),
+            ({"feast": {"redis": {"exporter": {"port": 6379}}}}, "feast.redis.exporter.port 6379"),
         ],
     )
     def test_bad_combinations_fail_rendering(self, values, message):
@@ -275,6 +323,13 @@ class TestCheckValues:
 
 
 class TestValidatorIsStrict:
+    def test_duplicate_mapping_key_fails_rendering_parse(self):
+        from chart_utils import _UniqueKeyLoader
+
+        with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key 'app'"):
+            yaml.load("metadata:\n  labels:\n    app: a\n    app: b\n", Loader=_UniqueKeyLoader)
+        assert yaml.load("a: {b: 1}\nc: [{b: 2}]\n", Loader=_UniqueKeyLoader) == {"a": {"b": 1}, "c": [{"b": 2}]}
+
     def test_broken_manifests_fail(self):
         import copy
 
