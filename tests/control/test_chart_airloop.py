@@ -235,6 +235,26 @@ class TestTenants:
         quota = [o for o in by_kind(objs, "ResourceQuota") if o["metadata"]["namespace"] == "airloop-beta"][0]
         assert quota["spec"]["hard"]["pods"] == "10"
 
+    def test_model_storage_secrets_reach_the_deploy_step(self):
+        """serving.storageSecret: Seldon's via AIRLOOP_STORAGE_SECRET (Model.spec.secretName),
+        KServe's on the predictors' ServiceAccount named by AIRLOOP_SERVICE_ACCOUNT."""
+        objs = render_chart(PRODUCTION)
+        cm = by_kind(objs, "ConfigMap", "airloop-runtime-env")[0]
+        assert cm["data"]["AIRLOOP_STORAGE_SECRET"] == "airloop-model-storage-rclone"
+        account = cm["data"]["AIRLOOP_SERVICE_ACCOUNT"]
+        (sa,) = [o for o in by_kind(objs, "ServiceAccount", account)
+                 if o["metadata"]["namespace"] == cm["metadata"]["namespace"]]
+        assert sa["secrets"] == [{"name": "airloop-model-storage"}]
+        assert sa["automountServiceAccountToken"] is False
+        # the model servers' account has no API permissions
+        bound = jmespath.search("[?kind=='RoleBinding'].subjects[].name", objs)
+        assert account not in bound
+        # default values: no secret, nothing set
+        default = render_chart()
+        cm = by_kind(default, "ConfigMap", "airloop-runtime-env")[0]
+        assert "AIRLOOP_STORAGE_SECRET" not in cm["data"]
+        assert "secrets" not in by_kind(default, "ServiceAccount", "airloop-model")[0]
+
 
 class TestObservability:
     def test_rules_dashboards_monitors(self):
@@ -285,6 +305,8 @@ class TestValuesSchema:
             ({"mlflow": {"metrics": {"enable": False}}}, "enable"),
             ({"images": {"redisExporter": {"repository": "oliver006/redis_exporter", "tag": ""}}}, "tag"),
             ({"feast": {"redis": {"exporter": {"port": "9121"}}}}, "port"),
+            ({"serving": {"storageSecret": {"seldon": "S3_Creds"}}}, "seldon"),
+            ({"serving": {"storageSecret": "s3-creds"}}, "storageSecret"),
             ({"feast": {"redis": {"exporter": {"resources": {"limits": {"memory": "64 Mi"}}}}}}, "memory"),
             ({"mlflow": {"metrics": {"basicAuth": {"usernameKey": "user name"}}}}, "usernameKey"),
             ({"mlflow": {"metrics": {"basicAuth": {"secretName": "Scraper_Secret"}}}}, "secretName"),

@@ -85,6 +85,36 @@ def test_seldon_canary_splits_traffic_between_versions():
     assert promoted["spec"]["candidates"] == [{"name": "demo-churn-v5", "weight": 100}]
 
 
+def test_storage_credentials_from_the_chart_runtime_env(monkeypatch):
+    """The production chart's airloop-runtime-env ConfigMap, loaded as the step's env,
+    gives the Seldon Model its rclone secret and the KServe predictor the ServiceAccount
+    that carries the S3 secret; both objects still validate against their CRDs."""
+    import yaml
+    from chart_utils import CHART, render_chart
+
+    production = yaml.safe_load((CHART / "values-production.yaml").read_text())
+    (cm,) = [o for o in render_chart(production, ["templates/tenants/tenants-configmap.yaml"])
+             if o["metadata"]["namespace"] == "airloop-demo"]
+    for key, value in cm["data"].items():
+        monkeypatch.setenv(key, value)
+    options = serving.options_from_env()
+    assert options.storage_secret == "airloop-model-storage-rclone"
+    model, _ = serving.build_resources(spec_with(target="seldon"), 3, URI, None, options=options)
+    assert model["spec"]["secretName"] == "airloop-model-storage-rclone"
+    assert model["metadata"]["namespace"] == "airloop-demo"
+    validate_object(model)
+    (isvc,) = serving.build_resources(spec_with(target="kserve"), 3, URI, None, options=options)
+    assert isvc["spec"]["predictor"]["serviceAccountName"] == "airloop-model"
+    validate_object(isvc)
+    # no secret configured (default chart values): the Model carries none
+    monkeypatch.delenv("AIRLOOP_STORAGE_SECRET")
+    model, _ = serving.build_resources(spec_with(target="seldon"), 3, URI, None,
+                                       options=serving.options_from_env())
+    assert "secretName" not in model["spec"]
+    monkeypatch.setenv("AIRLOOP_STORAGE_SECRET", "")
+    assert serving.options_from_env().storage_secret is None
+
+
 def test_build_is_deterministic():
     spec = spec_with(target="seldon", canary_traffic=10)
     assert serving.build_resources(spec, 2, URI, None, previous_version=1) == serving.build_resources(

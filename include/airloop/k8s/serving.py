@@ -41,13 +41,20 @@ class ServingOptions:
     """Cluster-side choices that are not part of a project spec.
 
     ``namespace`` defaults to the tenant namespace ``airloop-<tenant>`` (the Helm
-    chart creates it); ``seldon_server`` is the chart's Seldon Core 2 ``Server``;
-    ``service_account`` carries the object-store credentials for model downloads.
+    chart creates it); ``seldon_server`` is the chart's Seldon Core 2 ``Server``.
+    Object-store credentials for the model download differ per target:
+
+    * ``storage_secret`` (``serving.storageSecret.seldon``) becomes the Seldon ``Model``'s
+      ``spec.secretName``: a Secret in the Model's namespace with exactly one key, an
+      rclone remote config named after the storage URI scheme (``s3``);
+    * ``service_account`` (the chart's ``airloop-model``, no API access) is the KServe
+      predictor's ServiceAccount; KServe's storage initializer takes the credentials
+      from the Secret listed on it (``serving.storageSecret.kserve``).
     """
 
     namespace: str | None = None
     seldon_server: str = "airloop-mlserver"
-    service_account: str = "airloop-step"
+    service_account: str = "airloop-model"
     storage_secret: str | None = None
 
 
@@ -56,7 +63,7 @@ def options_from_env() -> ServingOptions:
     return ServingOptions(
         namespace=os.environ.get("AIRLOOP_NAMESPACE") or None,
         seldon_server=os.environ.get("AIRLOOP_SELDON_SERVER", "airloop-mlserver"),
-        service_account=os.environ.get("AIRLOOP_SERVICE_ACCOUNT", "airloop-step"),
+        service_account=os.environ.get("AIRLOOP_SERVICE_ACCOUNT", "airloop-model"),
         storage_secret=os.environ.get("AIRLOOP_STORAGE_SECRET") or None,
     )
 
