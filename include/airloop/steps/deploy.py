@@ -71,7 +71,13 @@ def find_version(spec: ProjectSpec, run_id: str, tracking_uri: str):
 
 
 def runtime_extra(spec: ProjectSpec, settings: Settings, version: str) -> dict[str, Any]:
-    """``parameters.extra`` of the model settings read by ``AirloopRuntime``."""
+    """``parameters.extra`` of the model settings read by ``AirloopRuntime``.
+
+    ``online_store`` is where the project's Feast online store lives, in the form
+    :class:`airloop.serving.online.OnlineReader` takes: the ``redis://`` URL when
+    ``AIRLOOP_FEAST_ONLINE`` configures Redis (production), else the SQLite file."""
+    from airloop.features.store import online_location
+
     paths = layout(spec, settings)
     return {
         "project": spec.name,
@@ -83,7 +89,7 @@ def runtime_extra(spec: ProjectSpec, settings: Settings, version: str) -> dict[s
         "features": spec.feature_columns,
         "views": {v["name"]: list(v["features"]) for v in spec.raw["features"]["views"]},
         "feast_project": spec.feast_project,
-        "online_store": str(paths.online_store),
+        "online_store": online_location(spec, settings),
         "predictions": str(paths.predictions),
         "feedback": str(paths.feedback),
     }
