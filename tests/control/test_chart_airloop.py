@@ -145,6 +145,21 @@ class TestFeast:
         assert "redis.example:6379" in by_kind(ext, "ConfigMap", "airloop-feast")[0]["data"]["feature_store.yaml"]
 
 
+    @pytest.mark.parametrize("values", [{}, {"feast": {"redis": {"enabled": False,
+                                                                  "externalUrl": "redis.example:6380"}}}])
+    def test_steps_and_feature_server_use_the_same_redis(self, values, monkeypatch):
+        """AIRLOOP_FEAST_ONLINE (tenant env) is what airloop.features.store accepts, and
+        names the Redis of the feature server's feature_store.yaml."""
+        from airloop.features import store
+
+        objs = render_chart(values)
+        feast_yaml = yaml.safe_load(by_kind(objs, "ConfigMap", "airloop-feast")[0]["data"]["feature_store.yaml"])
+        server_conn = feast_yaml["online_store"]["connection_string"]
+        url = by_kind(objs, "ConfigMap", "airloop-runtime-env")[0]["data"]["AIRLOOP_FEAST_ONLINE"]
+        assert url == f"redis://{server_conn}/0"
+        monkeypatch.setenv("AIRLOOP_FEAST_ONLINE", url)
+        assert store._online_config(None, None) == {"type": "redis", "connection_string": f"{server_conn},db=0"}
+
     def test_redis_exporter_sidecar_service_port_and_monitor(self):
         objs = render_chart()
         (sts,) = by_kind(objs, "StatefulSet", "airloop-redis")
@@ -306,6 +321,8 @@ class TestValuesSchema:
             ({"images": {"redisExporter": {"repository": "oliver006/redis_exporter", "tag": ""}}}, "tag"),
             ({"feast": {"redis": {"exporter": {"port": "9121"}}}}, "port"),
             ({"serving": {"storageSecret": {"seldon": "S3_Creds"}}}, "seldon"),
+            ({"feast": {"redis": {"enabled": False, "externalUrl": "redis://redis.example:6379"}}},
+             "externalUrl"),
             ({"serving": {"storageSecret": "s3-creds"}}, "storageSecret"),
             ({"feast": {"redis": {"exporter": {"resources": {"limits": {"memory": "64 Mi"}}}}}}, "memory"),
             ({"mlflow": {"metrics": {"basicAuth": {"usernameKey": "user name"}}}}, "usernameKey"),

@@ -47,6 +47,8 @@ seccompProfile:
 {{- define "airloop.redis.url" -}}
 {{- if .Values.feast.redis.enabled -}}{{ printf "%s-redis.%s.svc:6379" (include "airloop.fullname" .) .Release.Namespace }}{{- else -}}{{ .Values.feast.redis.externalUrl }}{{- end -}}
 {{- end -}}
+{{/* The same Redis as the URL the runtime reads (AIRLOOP_FEAST_ONLINE: redis://host:port/db). */}}
+{{- define "airloop.redis.runtimeUrl" -}}{{ printf "redis://%s/0" (include "airloop.redis.url" .) }}{{- end -}}
 {{- define "airloop.ray.address" -}}{{ printf "ray://%s-ray-head-svc.%s.svc:10001" (include "airloop.fullname" .) .Release.Namespace }}{{- end -}}
 {{- define "airloop.mlflow.secretName" -}}{{ .Values.mlflow.existingSecret | default (printf "%s-mlflow" (include "airloop.fullname" .)) }}{{- end -}}
 {{- define "airloop.ray.secretName" -}}{{ .Values.ray.auth.secretName | default (printf "%s-ray-auth" (include "airloop.fullname" .)) }}{{- end -}}
