@@ -235,6 +235,9 @@ def test_deploy_then_infer_with_full_features(world):
     expected = world["models"][0].predict_proba(rows[spec.feature_columns])[:, 1]
     assert out["score"] == pytest.approx(expected.tolist(), abs=1e-9)
     assert out["prediction"] == [int(s >= 0.5) for s in expected]
+    # an sklearn model with a signature is called directly (the runtime has enforced the
+    # signature itself); the scores above match the estimator's own predict_proba
+    assert "predict: estimator" in world["log"].read_text()
 
 
 def test_infer_with_entity_ids_only_joins_online_features(world):
@@ -318,7 +321,10 @@ def test_malformed_payloads_are_4xx_and_the_server_keeps_serving(world):
     wrong_type = json.loads(json.dumps(good))
     idx = spec.feature_columns.index("monthly_charges")
     wrong_type["inputs"][idx].update(datatype="BYTES", data=["expensive"])
+    missing_value = json.loads(json.dumps(good))  # null -> NaN, which this estimator rejects
+    missing_value["inputs"][idx]["data"] = [None]
     cases = {
+        "null for float (estimator rejects NaN)": (missing_value, "the model rejected the input"),
         "unknown column": (unknown_col, "unknown column"),
         "string for float": (wrong_type, "monthly_charges"),
         "empty inputs": ({"inputs": []}, "no inputs"),

@@ -47,10 +47,12 @@ from airloop.predlog import JsonlLog
 from airloop.serving import feedback as fb
 from airloop.serving.online import OnlineReader, OnlineStoreUnavailable
 
-log = logging.getLogger("airloop.serving")
+# A child of MLServer's logger: its handler and format (the server's log) apply.
+log = logging.getLogger("mlserver.airloop")
 
 THRESHOLD = 0.5
 MAX_ROWS = 10_000
+INLINE_LOG_ROWS = 1_000  # requests up to this many rows log without leaving the event loop
 KNOWN_IDS = 200_000  # request ids remembered per model for the feedback "unknown" count
 
 #: model name -> the runtime instance serving feedback for it (latest loaded version)
@@ -121,9 +123,9 @@ def _to_int(v: Any) -> int:
     raise ValueError("an integer")
 
 
-def _to_float(v: Any) -> float:
+def _to_float(v: Any) -> float | None:
     if v is None:
-        return math.nan
+        return None  # missing: NaN in the model input (numpy), null in the log
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError("a number")
     return float(v)
@@ -149,17 +151,43 @@ _COERCE = {
     "long": _to_int, "integer": _to_int, "double": _to_float, "float": _to_float,
     "string": _to_str, "boolean": _to_bool,
 }
-_DTYPES = {"long": "int64", "integer": "int32", "double": "float64", "float": "float32",
-           "string": "object", "boolean": "bool"}
+#: MLflow column type -> the Python types a column may hold as-is (a type check over
+#: the whole column, no per-value call: the common case of well-typed JSON)
+_ALREADY = {"long": {int}, "integer": {int}, "double": {float}, "float": {float},
+            "string": {str}, "boolean": {bool}}
+_DTYPES = {"long": np.int64, "integer": np.int32, "double": np.float64, "float": np.float32,
+           "string": object, "boolean": np.bool_}
 
 
-def _plain(v: Any) -> Any:
-    """JSON-friendly scalar for the prediction log."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and math.isnan(v):
+def _plain_column(values: list[Any]) -> list[Any]:
+    """JSON-friendly column for the prediction log: numpy scalars as Python values,
+    NaN as null (the coerced columns hold Python values already; this is cheap)."""
+    out = []
+    for v in values:
+        if isinstance(v, np.generic):
+            v = v.item()
+        out.append(None if isinstance(v, float) and v != v else v)
+    return out
+
+
+def _direct_predict(pyfunc_model: Any) -> Any:
+    """The scikit-learn estimator's own ``predict_proba`` (or whichever ``predict_fn``
+    the model was logged with), or None for other flavors.
+
+    ``pyfunc.predict`` re-enforces the signature on every call (~0.5 ms per request for
+    the demo model); the runtime has already checked names and coerced every column to
+    the signature's types (:meth:`AirloopRuntime._coerce`/``_frame``), so for sklearn
+    models it calls the estimator directly. Other flavors keep the pyfunc path."""
+    meta = getattr(pyfunc_model, "metadata", None)
+    conf = (meta.flavors.get("python_function", {}) if meta is not None else {})
+    if conf.get("loader_module") != "mlflow.sklearn":
         return None
-    return v
+    try:
+        raw = pyfunc_model.get_raw_model()
+    except Exception:  # noqa: BLE001 - any failure keeps the (always valid) pyfunc path
+        return None
+    fn = getattr(raw, conf.get("predict_fn") or "predict", None)
+    return fn if callable(fn) else None
 
 
 class AirloopRuntime(MLflowRuntime):
@@ -197,14 +225,17 @@ class AirloopRuntime(MLflowRuntime):
                     f"model {self.name}: signature lacks feature column(s) {missing}", 500
                 )
         self.types = types
+        direct = _direct_predict(self._model) if types else None
+        self._predict = direct or self._model.predict
         self.predlog = JsonlLog(self.predictions_dir)
         self.feedlog = JsonlLog(self.feedback_dir)
         self.known = KnownIds.of(self.name)
         await asyncio.to_thread(self.known.warm, self.predictions_dir)
         with _RUNTIMES_LOCK:
             _RUNTIMES[self.name] = self
-        log.info("airloop runtime %s v%s loaded (%d features, online store: %s)",
-                 self.name, self.model_version, len(self.features), store or "none")
+        log.info("airloop runtime %s v%s loaded (%d features, online store: %s, predict: %s)",
+                 self.name, self.model_version, len(self.features), store or "none",
+                 "estimator" if direct else "pyfunc")
         return True
 
     async def unload(self) -> bool:
@@ -282,6 +313,13 @@ class AirloopRuntime(MLflowRuntime):
             if convert is None:
                 out[name] = values
                 continue
+            present = set(map(type, values))
+            if present <= _ALREADY[kind]:
+                out[name] = values
+                continue
+            if kind in ("double", "float") and present <= {int, float}:
+                out[name] = list(map(float, values))  # ints for a float column
+                continue
             try:
                 out[name] = [convert(v) for v in values]
             except (ValueError, UnicodeDecodeError) as exc:
@@ -290,15 +328,24 @@ class AirloopRuntime(MLflowRuntime):
         return out
 
     def _frame(self, columns: dict[str, list[Any]]):
+        """The model input: one numpy array per column in the signature's dtype, built
+        directly (3x cheaper than a typed ``pd.Series`` per column)."""
         import pandas as pd
 
-        return pd.DataFrame(
-            {
-                name: pd.Series(columns[name], dtype=_DTYPES.get(self.types.get(name, ""), None))
-                for name in self.features
-            },
-            columns=self.features,
-        )
+        arrays = {}
+        for name in self.features:
+            dtype = _DTYPES.get(self.types.get(name, ""))
+            values = columns[name]
+            if dtype is None:
+                arrays[name] = values
+            else:
+                arr = np.empty(len(values), dtype=object) if dtype is object else None
+                if arr is not None:
+                    arr[:] = values
+                    arrays[name] = arr
+                else:
+                    arrays[name] = np.asarray(values, dtype=dtype)
+        return pd.DataFrame(arrays, columns=self.features, copy=False)
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         rid = payload.id or str(uuid.uuid4())
@@ -328,7 +375,7 @@ class AirloopRuntime(MLflowRuntime):
         features = self._coerce(features)
         frame = self._frame(features)
         try:
-            raw = self._model.predict(frame)
+            raw = self._predict(frame)
         except MlflowException as exc:
             raise _bad(f"the model rejected the input: {exc.message.splitlines()[0]}") from None
         except (ValueError, TypeError) as exc:
@@ -337,20 +384,30 @@ class AirloopRuntime(MLflowRuntime):
         preds = [int(s >= THRESHOLD) for s in scores]
         ts = datetime.now(UTC)
         stamp = ts.isoformat()
+        names = self.features
+        # Typed columns hold JSON-ready Python values after _coerce; only untyped ones
+        # (a model without a signature) may carry numpy scalars or NaN.
+        rows = zip(*(features[f] if f in self.types else _plain_column(features[f])
+                     for f in names))
         records = [
             {
                 "id": rid, "row": i, "ts": stamp, "model": self.name,
                 "version": self.model_version,
                 "entity": entities[i] if entities is not None else None,
-                "features": {f: _plain(features[f][i]) for f in self.features},
+                "features": dict(zip(names, row)),
                 "score": scores[i], "prediction": preds[i],
             }
-            for i in range(n)
+            for i, row in enumerate(rows)
         ]
         self.known.add(rid)
-        # The write runs off the event loop; the answer waits for it, so that every
-        # answered prediction is in the log the monitor joins with ground truth.
-        await asyncio.to_thread(self.predlog.append, records, ts)
+        # The answer waits for the write, so that every answered prediction is in the log
+        # the monitor joins with ground truth. A request's lines go in one O_APPEND
+        # write to the page cache (tens of microseconds): small batches are written on
+        # the event loop, which saves a thread hop per request; big ones off it.
+        if n <= INLINE_LOG_ROWS:
+            self.predlog.append(records, ts)
+        else:
+            await asyncio.to_thread(self.predlog.append, records, ts)
         return InferenceResponse(
             id=rid,
             model_name=self.name,
