@@ -29,17 +29,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import REPO, free_port, venv_bin  # noqa: E402
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.slow,
-    # Opt-in until it has passed here: Ray gives each node a fixed 30 s to register with
-    # the GCS, which its agents missed on this 2-core machine under the other engineers'
-    # load (see issue 3's note). Run with AIRLOOP_TEST_RAY_CLUSTER=1.
-    pytest.mark.skipif(
-        os.environ.get("AIRLOOP_TEST_RAY_CLUSTER") != "1",
-        reason="opt-in (AIRLOOP_TEST_RAY_CLUSTER=1): Ray's fixed 30 s node start limit",
-    ),
-]
+# Part of the platform tier. Ray gives each node a fixed 30 s to register with the GCS;
+# on a 2-core machine saturated by other work (load average 8+) a node can miss that,
+# and the supervisor then restarts it with backoff: the test waits for both nodes.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PORT_NAMES = ["postgres", "airflow", "mlflow", "mlserver", "mlserver_grpc",
               "mlserver_metrics", "ray_head", "ray_dashboard"]
