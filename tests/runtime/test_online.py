@@ -145,8 +145,17 @@ def test_value_decoding_equals_protobuf():
         Value(null_val=Null.NULL), Value(),
     ]
     expected = [-(2**50), -3, 2.5, 0.25, True, False, "héllo", b"\x00\x01", 0, None, None]
+    # around the fast paths' edges: one-byte varints end at 127, one-byte lengths at 127
+    edges = [
+        (Value(int64_val=127), 127), (Value(int64_val=128), 128), (Value(int64_val=-1), -1),
+        (Value(string_val=""), ""), (Value(string_val="x" * 127), "x" * 127),
+        (Value(string_val="y" * 128), "y" * 128), (Value(double_val=-0.0), -0.0),
+        (Value(double_val=float("inf")), float("inf")), (Value(double_val=1e-300), 1e-300),
+    ]
+    cases, expected = cases + [c for c, _ in edges], expected + [w for _, w in edges]
     for proto, want in zip(cases, expected):
-        assert online.decode_value(proto.SerializeToString()) == want
+        got = online.decode_value(proto.SerializeToString())
+        assert got == want and type(got) is type(want), (proto, got)
     with pytest.raises(ValueError, match="scalar"):
         from feast.protos.feast.types.Value_pb2 import Int64List
 
