@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chart_utils import CHART, SHARED, container_problems, pod_specs, render_chart, validate_object  # noqa: E402
+from chart_utils import CHART, NAMESPACE, SHARED, container_problems, pod_specs, render_chart, validate_object  # noqa: E402
 
 PRODUCTION = yaml.safe_load((CHART / "values-production.yaml").read_text())
 TWO_TENANTS = {"tenants": [{"name": "alpha"}, {"name": "beta", "quota": {"pods": "10"}}]}
@@ -212,14 +212,136 @@ class TestRay:
         assert jmespath.search("spec.workerGroupSpecs[0].[minReplicas, maxReplicas]", rc) == [2, 16]
 
 
+SELDON_KINDS = ("Server", "HorizontalPodAutoscaler", "PodMonitor", "SeldonRuntime")
+
+
+def seldon_objects(objs, namespace):
+    """The chart's Seldon serving objects in one namespace (the Ray PodMonitor is not one)."""
+    return [o for o in objs if o["kind"] in SELDON_KINDS and o["metadata"]["namespace"] == namespace
+            and not o["metadata"]["name"].endswith("-ray")]
+
+
 class TestServing:
     def test_server_readiness_and_hpa(self):
         objs = render_chart()
-        server = by_kind(objs, "Server")[0]
-        path = jmespath.search("spec.podSpec.containers[0].readinessProbe.httpGet.path", server)
+        (server,) = by_kind(objs, "Server")
+        assert server["metadata"]["namespace"] == "airloop-demo"
+        path = jmespath.search("spec.podSpec.containers[?name=='mlserver'].readinessProbe.httpGet.path | [0]", server)
         assert path == "/v2/health/ready"
-        hpa = by_kind(objs, "HorizontalPodAutoscaler")[0]
-        assert jmespath.search("spec.scaleTargetRef.kind", hpa) == "Server"
+        (hpa,) = by_kind(objs, "HorizontalPodAutoscaler")
+        assert jmespath.search("spec.scaleTargetRef", hpa) == {
+            "apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Server", "name": "airloop-mlserver"}
+
+    def test_each_tenant_gets_its_own_server_hpa_podmonitor_and_runtime(self):
+        """Seldon Core 2 schedules a Model only onto a Server in the Model's namespace and
+        needs the runtime there: one of each per tenant namespace, none in the release's."""
+        objs = render_chart(TWO_TENANTS)
+        assert not [o for o in objs if o["kind"] in ("Server", "SeldonRuntime", "HorizontalPodAutoscaler")
+                    and o["metadata"]["namespace"] == NAMESPACE]
+        assert jmespath.search(f"[?kind=='PodMonitor' && metadata.namespace=='{NAMESPACE}'].metadata.name",
+                               objs) == ["airloop-ray"]
+        for tenant in ("alpha", "beta"):
+            ns = f"airloop-{tenant}"
+            mine = seldon_objects(objs, ns)
+            assert sorted(o["kind"] for o in mine) == sorted(SELDON_KINDS), ns
+            (server,) = by_kind(mine, "Server")
+            assert server["metadata"]["name"] == "airloop-mlserver"  # serving.serverName
+            assert jmespath.search("spec.[serverConfig, replicas, minReplicas, maxReplicas]", server) == [
+                "mlserver", 1, 1, 4]
+            assert jmespath.search("spec.extraCapabilities", server) == ["mlflow"]
+            (hpa,) = by_kind(mine, "HorizontalPodAutoscaler")
+            assert jmespath.search("spec.scaleTargetRef.[kind, name]", hpa) == ["Server", "airloop-mlserver"]
+            assert jmespath.search("spec.[minReplicas, maxReplicas]", hpa) == [1, 4]
+            (monitor,) = by_kind(mine, "PodMonitor")
+            assert jmespath.search("spec.selector.matchLabels", monitor) == {"seldon-server-name": "airloop-mlserver"}
+            assert "namespaceSelector" not in monitor["spec"]  # its own namespace only
+            (runtime,) = by_kind(mine, "SeldonRuntime")
+            assert jmespath.search("spec.seldonConfig", runtime) == "default"
+            cm = [o for o in by_kind(objs, "ConfigMap", "airloop-runtime-env") if o["metadata"]["namespace"] == ns]
+            assert jmespath.search("[0].data.AIRLOOP_SELDON_SERVER", cm) == server["metadata"]["name"]
+            assert jmespath.search("[0].data.AIRLOOP_NAMESPACE", cm) == ns
+
+    def test_new_objects_are_validated_against_their_crds(self):
+        from chart_utils import crd_schema
+
+        objs = render_chart(TWO_TENANTS)
+        assert crd_schema("mlops.seldon.io/v1alpha1", "SeldonRuntime") is not None
+        runtimes = by_kind(objs, "SeldonRuntime")
+        assert len(runtimes) == 2
+        for obj in [o for o in objs if o["kind"] in SELDON_KINDS]:
+            validate_object(obj)
+        broken = json.loads(json.dumps(runtimes[0]))
+        del broken["spec"]["seldonConfig"]
+        with pytest.raises(jsonschema.ValidationError, match="seldonConfig"):
+            validate_object(broken)
+        broken = json.loads(json.dumps(runtimes[0]))
+        broken["spec"]["overrides"][0]["replica"] = 2
+        with pytest.raises(jsonschema.ValidationError, match="replica"):
+            validate_object(broken)
+
+    def test_server_sidecars_meet_restricted_with_resources(self):
+        """Seldon's ServerConfig adds agent and rclone containers; the Server merges the
+        restricted security context and requests/limits into them by name."""
+        objs = render_chart({"serving": {"seldonSidecars": {"agent": {
+            "requests": {"cpu": "300m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}}}})
+        (server,) = by_kind(objs, "Server")
+        containers = jmespath.search("spec.podSpec.containers", server)
+        assert [c["name"] for c in containers] == ["mlserver", "agent", "rclone"]
+        assert jmespath.search("[?name=='agent'].resources.limits | [0]", containers) == {"cpu": "2", "memory": "2Gi"}
+        assert not container_problems(server["spec"]["podSpec"], "Server")
+
+    def test_deploy_step_model_lands_on_a_rendered_server(self, monkeypatch):
+        """A Model built by the deploy step from a tenant's airloop-runtime-env names a
+        Server that the chart renders in the Model's namespace."""
+        from dataclasses import replace
+
+        from airloop.k8s import serving
+        from airloop.spec import load_spec
+
+        objs = render_chart({**TWO_TENANTS, "serving": {"serverName": "ml-shared"}})
+        servers = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in by_kind(objs, "Server")}
+        assert servers == {("airloop-alpha", "ml-shared"), ("airloop-beta", "ml-shared")}
+        base = load_spec("churn")
+        for tenant in ("alpha", "beta"):
+            raw = json.loads(json.dumps(base.raw))
+            raw["tenant"] = tenant
+            raw["deployment"].update(target="seldon", canary_traffic=0)
+            spec = replace(base, raw=raw)
+            (cm,) = [o for o in by_kind(objs, "ConfigMap", "airloop-runtime-env")
+                     if o["metadata"]["namespace"] == f"airloop-{tenant}"]
+            for key, value in cm["data"].items():
+                monkeypatch.setenv(key, value)
+            options = serving.options_from_env()
+            built = serving.build_resources(spec, 2, "s3://bucket/model", None, options=options)
+            (model,) = [o for o in built if o["kind"] == "Model"]
+            assert (jmespath.search("metadata.namespace", model), jmespath.search("spec.server", model)) in servers
+            assert model["metadata"]["namespace"] == f"airloop-{tenant}"
+            # without AIRLOOP_NAMESPACE the deploy step falls back to airloop-<tenant> too
+            fallback = serving.build_resources(
+                spec, 2, "s3://bucket/model", None, options=replace(options, namespace=None))
+            assert (fallback[0]["metadata"]["namespace"], fallback[0]["spec"]["server"]) in servers
+
+    def test_runtime_and_target_switches(self):
+        runtime = render_chart({"serving": {"seldonRuntime": {
+            "seldonConfig": "airloop-restricted", "serviceType": "LoadBalancer",
+            "overrides": [{"name": "seldon-envoy", "replicas": 2, "serviceType": "LoadBalancer"}]}}},
+            ["templates/serving/serving-seldonruntime.yaml"])
+        assert jmespath.search("[0].spec", runtime) == {
+            "seldonConfig": "airloop-restricted",
+            "overrides": [{"name": "seldon-envoy", "replicas": 2, "serviceType": "LoadBalancer"}],
+            "config": {"serviceConfig": {"serviceType": "LoadBalancer"}}}
+        # default: Seldon's usage reporting and the Kafka-only components are off
+        (default,) = render_chart(show_only=["templates/serving/serving-seldonruntime.yaml"])
+        assert jmespath.search("spec.overrides[?disable].name", default) == [
+            "hodometer", "seldon-modelgateway", "seldon-pipelinegateway", "seldon-dataflow-engine"]
+        assert jmespath.search("spec.config.serviceConfig.serviceType", default) == "ClusterIP"
+        off = render_chart({"serving": {"seldonRuntime": {"enabled": False}}})
+        assert not by_kind(off, "SeldonRuntime") and len(by_kind(off, "Server")) == 1
+        for values in ({"serving": {"target": "kserve"}}, {"serving": {"enabled": False}}):
+            objs = render_chart({**TWO_TENANTS, **values})
+            assert not [o for o in objs if o["kind"] in ("Server", "SeldonRuntime", "HorizontalPodAutoscaler")]
+            assert jmespath.search("[?kind=='PodMonitor'].metadata.name", objs) == ["airloop-ray"]
+            assert not [o for o in by_kind(objs, "NetworkPolicy") if o["metadata"]["name"].startswith("seldon-")]
 
 
 class TestTenants:
@@ -327,6 +449,12 @@ class TestValuesSchema:
             ({"feast": {"redis": {"exporter": {"resources": {"limits": {"memory": "64 Mi"}}}}}}, "memory"),
             ({"mlflow": {"metrics": {"basicAuth": {"usernameKey": "user name"}}}}, "usernameKey"),
             ({"mlflow": {"metrics": {"basicAuth": {"secretName": "Scraper_Secret"}}}}, "secretName"),
+            ({"serving": {"target": "triton"}}, "target"),
+            ({"serving": {"seldonRuntime": {"overrides": [{"name": "seldon-kafka", "disable": True}]}}}, "name"),
+            ({"serving": {"seldonRuntime": {"serviceType": "Ingress"}}}, "serviceType"),
+            ({"serving": {"seldonRuntime": {"seldonConfig": "Default"}}}, "seldonConfig"),
+            ({"serving": {"seldonSidecars": {"envoy": {"requests": {"cpu": "200m", "memory": "1Gi"}}}}}, "envoy"),
+            ({"serving": {"seldonSidecars": {"rclone": {"limits": {"cpu": "half"}}}}}, "cpu"),
         ],
     )
     def test_bad_values_rejected_naming_the_key(self, values, named):

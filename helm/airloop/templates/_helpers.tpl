@@ -52,3 +52,9 @@ seccompProfile:
 {{- define "airloop.ray.address" -}}{{ printf "ray://%s-ray-head-svc.%s.svc:10001" (include "airloop.fullname" .) .Release.Namespace }}{{- end -}}
 {{- define "airloop.mlflow.secretName" -}}{{ .Values.mlflow.existingSecret | default (printf "%s-mlflow" (include "airloop.fullname" .)) }}{{- end -}}
 {{- define "airloop.ray.secretName" -}}{{ .Values.ray.auth.secretName | default (printf "%s-ray-auth" (include "airloop.fullname" .)) }}{{- end -}}
+
+{{/* Seldon Core 2 objects (Server, HPA, PodMonitor, SeldonRuntime, NetworkPolicies) are
+rendered in every tenant namespace when this is "true". */}}
+{{- define "airloop.seldon.enabled" -}}
+{{- if and .Values.serving.enabled (eq .Values.serving.target "seldon") -}}true{{- end -}}
+{{- end -}}
