@@ -343,6 +343,32 @@ class TestServing:
             assert jmespath.search("[?kind=='PodMonitor'].metadata.name", objs) == ["airloop-ray"]
             assert not [o for o in by_kind(objs, "NetworkPolicy") if o["metadata"]["name"].startswith("seldon-")]
 
+    def test_network_policies_allow_seldon_traffic(self):
+        peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}},
+                 {"ipBlock": {"cidr": "10.20.0.0/16"}}]
+        objs = render_chart({**TWO_TENANTS, "serving": {"predictionIngressFrom": peers}})
+        for ns in ("airloop-alpha", "airloop-beta"):
+            pols = {o["metadata"]["name"]: o for o in by_kind(objs, "NetworkPolicy") if o["metadata"]["namespace"] == ns}
+            # scheduler <-> agent <-> envoy <-> server pods: same namespace, both directions
+            allow = pols["airloop-allow"]["spec"]
+            assert {"podSelector": {}} in jmespath.search("ingress[].from[]", allow)
+            assert {"podSelector": {}} in jmespath.search("egress[].to[]", allow)
+            sched = pols["seldon-scheduler-from-operator"]["spec"]
+            assert sched["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "seldon-scheduler"}}
+            assert jmespath.search("ingress[0].from[0].namespaceSelector.matchLabels", sched) == {
+                "kubernetes.io/metadata.name": "seldon-system"}
+            assert jmespath.search("ingress[0].ports[].port", sched) == [9004, 9044]
+            envoy = pols["seldon-envoy-predictions"]["spec"]
+            assert envoy["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "seldon-envoy"}}
+            assert jmespath.search("ingress[0].from", envoy) == peers
+            assert jmespath.search("ingress[0].ports[].port", envoy) == [9000]
+            for pol in pols.values():
+                validate_object(pol)
+        # defaults: no outside prediction clients; no operator namespace: no scheduler allowance
+        objs = render_chart({"serving": {"seldonOperatorNamespace": ""}})
+        names = {o["metadata"]["name"] for o in by_kind(objs, "NetworkPolicy")}
+        assert names == {"default-deny", "airloop-allow"}
+
 
 class TestTenants:
     def test_two_tenants(self):
@@ -455,6 +481,7 @@ class TestValuesSchema:
             ({"serving": {"seldonRuntime": {"seldonConfig": "Default"}}}, "seldonConfig"),
             ({"serving": {"seldonSidecars": {"envoy": {"requests": {"cpu": "200m", "memory": "1Gi"}}}}}, "envoy"),
             ({"serving": {"seldonSidecars": {"rclone": {"limits": {"cpu": "half"}}}}}, "cpu"),
+            ({"serving": {"predictionIngressFrom": [{"namespace": "ingress-nginx"}]}}, "namespace"),
         ],
     )
     def test_bad_values_rejected_naming_the_key(self, values, named):
