@@ -369,6 +369,35 @@ class TestServing:
         names = {o["metadata"]["name"] for o in by_kind(objs, "NetworkPolicy")}
         assert names == {"default-deny", "airloop-allow"}
 
+    @pytest.mark.parametrize("values", [{}, PRODUCTION, TWO_TENANTS])
+    def test_quota_holds_min_server_pods_and_reserve(self, values):
+        """What check-values enforces, recomputed here: minReplicas Server pods plus
+        tenantDefaults.quotaReserve fit every tenant's ResourceQuota."""
+        import helm_python as helm
+
+        def qty(v):
+            units = {"m": 1e-3, "": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 1e3, "M": 1e6, "G": 1e9}
+            num = v.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+            return float(num) * units[v[len(num):]]
+
+        with helm.Chart.load(CHART) as chart:
+            merged = chart.merge_values(values)
+        s, reserve = merged["serving"], merged["tenantDefaults"]["quotaReserve"]
+        objs = render_chart(values)
+        (server, *_) = by_kind(objs, "Server")
+        containers = jmespath.search("spec.podSpec.containers[].resources", server)
+        for quota in by_kind(objs, "ResourceQuota"):
+            hard = quota["spec"]["hard"]
+            for key, field in (("requestsCpu", "requests.cpu"), ("requestsMemory", "requests.memory"),
+                               ("limitsCpu", "limits.cpu"), ("limitsMemory", "limits.memory")):
+                part, res = field.split(".")
+                pod = sum(qty(c[part][res]) for c in containers)
+                assert s["hpa"]["minReplicas"] * pod + qty(reserve[key]) <= qty(hard[field]), (quota["metadata"], field)
+                # the chart defaults also leave the HPA its whole range
+                if not values:
+                    assert s["hpa"]["maxReplicas"] * pod + qty(reserve[key]) <= qty(hard[field]), field
+            assert s["hpa"]["minReplicas"] + int(reserve["pods"]) <= int(hard["pods"])
+
 
 class TestTenants:
     def test_two_tenants(self):
@@ -482,6 +511,8 @@ class TestValuesSchema:
             ({"serving": {"seldonSidecars": {"envoy": {"requests": {"cpu": "200m", "memory": "1Gi"}}}}}, "envoy"),
             ({"serving": {"seldonSidecars": {"rclone": {"limits": {"cpu": "half"}}}}}, "cpu"),
             ({"serving": {"predictionIngressFrom": [{"namespace": "ingress-nginx"}]}}, "namespace"),
+            ({"tenantDefaults": {"quota": {"limitsCpu": "lots"}}}, "limitsCpu"),
+            ({"tenants": [{"name": "a", "quota": {"pods": "ten"}}]}, "pods"),
         ],
     )
     def test_bad_values_rejected_naming_the_key(self, values, named):
@@ -507,6 +538,17 @@ class TestCheckValues:
             ({"tenants": [{"name": "a"}, {"name": "a"}]}, "duplicate tenant"),
             ({"ray": {"workers": {"minReplicas": 5, "maxReplicas": 2}}}, "minReplicas"),
             ({"feast": {"redis": {"exporter": {"port": 6379}}}}, "feast.redis.exporter.port 6379"),
+            # tenant quotas too small for the Seldon Server's minReplicas pods + quotaReserve
+            ({"tenantDefaults": {"quota": {"requestsMemory": "4Gi"}}},
+             r'tenant "demo": ResourceQuota requests.memory 4Gi is less than the Seldon Server needs'),
+            ({"tenants": [{"name": "a"}, {"name": "b", "quota": {"limitsCpu": "5"}}]},
+             r'tenant "b": ResourceQuota limits.cpu 5 .* = 7600m'),
+            ({"serving": {"hpa": {"minReplicas": 3}}, "tenantDefaults": {"quota": {"requestsCpu": "2999m"}}},
+             r"requests.cpu 2999m .*minReplicas 3 x 750m"),
+            ({"tenantDefaults": {"quota": {"limitsMemory": "8.8G"}}}, r"limits.memory 8.8G"),
+            ({"tenants": [{"name": "a", "quota": {"pods": "3"}}]}, r'tenant "a": ResourceQuota pods 3'),
+            ({"serving": {"resources": {"requests": {"cpu": "1.5.0", "memory": "1Gi"},
+                                        "limits": {"cpu": "2", "memory": "2Gi"}}}}, "not a Kubernetes quantity"),
         ],
     )
     def test_bad_combinations_fail_rendering(self, values, message):
@@ -514,6 +556,16 @@ class TestCheckValues:
 
         with pytest.raises(helm.HelmError, match=message):
             render_chart(values, airflow=True)
+
+
+    @pytest.mark.parametrize("values", [
+        {"serving": {"hpa": {"minReplicas": 3}}, "tenantDefaults": {"quota": {"requestsCpu": "3"}}},
+        {"serving": {"target": "kserve"}, "tenantDefaults": {"quota": {"requestsMemory": "1Gi"}}},
+        {"serving": {"enabled": False}, "tenants": [{"name": "a", "quota": {"pods": "1"}}]},
+    ])
+    def test_quota_check_boundaries(self, values):
+        """Exactly enough passes; without Seldon Servers there is nothing to check."""
+        assert render_chart(values, airflow=True)
 
 
 class TestValidatorIsStrict:

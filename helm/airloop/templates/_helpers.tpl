@@ -53,6 +53,20 @@ seccompProfile:
 {{- define "airloop.mlflow.secretName" -}}{{ .Values.mlflow.existingSecret | default (printf "%s-mlflow" (include "airloop.fullname" .)) }}{{- end -}}
 {{- define "airloop.ray.secretName" -}}{{ .Values.ray.auth.secretName | default (printf "%s-ray-auth" (include "airloop.fullname" .)) }}{{- end -}}
 
+{{/* A Kubernetes quantity ("500m", "2", "1.5Gi", "1G") in thousandths of its base unit
+(millicores, millibytes), rounded to a whole number so that sums compare exactly, for
+check-values' arithmetic: include "airloop.milliQuantity" "1.5" -> 1500. */}}
+{{- define "airloop.milliQuantity" -}}
+{{- $s := toString . -}}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $s -}}
+{{- $suffix := trimPrefix $num $s -}}
+{{- $mult := dict "m" 1.0 "" 1e3 "k" 1e6 "M" 1e9 "G" 1e12 "T" 1e15 "P" 1e18 "E" 1e21 "Ki" 1024e3 "Mi" 1048576e3 "Gi" 1073741824e3 "Ti" 1099511627776e3 "Pi" 1125899906842624e3 "Ei" 1152921504606846976e3 -}}
+{{- if or (not $num) (not (hasKey $mult $suffix)) -}}
+{{- fail (printf "%q is not a Kubernetes quantity this chart can compare (digits, optional fraction, then one of m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei)" $s) -}}
+{{- end -}}
+{{- round (mulf (float64 $num) (index $mult $suffix)) 0 -}}
+{{- end -}}
+
 {{/* Seldon Core 2 objects (Server, HPA, PodMonitor, SeldonRuntime, NetworkPolicies) are
 rendered in every tenant namespace when this is "true". */}}
 {{- define "airloop.seldon.enabled" -}}
