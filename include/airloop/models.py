@@ -85,7 +85,15 @@ class IterativeTrainer:
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Positive-class probability for raw feature rows."""
-        return self.estimator.predict_proba(self.preprocessor.transform(X))[:, 1]
+        return self.predict_proba_transformed(self.transform(X))
+
+    def transform(self, X: pd.DataFrame):
+        """Rows as the estimator sees them (the fitted preprocessing applied)."""
+        return self.preprocessor.transform(X)
+
+    def predict_proba_transformed(self, Xt) -> np.ndarray:
+        """Positive-class probability for rows already :meth:`transform`-ed."""
+        return self.estimator.predict_proba(Xt)[:, 1]
 
     def pipeline(self):
         """The fitted model as one sklearn Pipeline (raw frame -> predict_proba)."""

@@ -277,3 +277,19 @@ def test_failed_search_ends_its_runs_failed(spec, settings, client, ray_up):
 def test_no_run_left_running(spec, client):
     runs = _experiment_runs(client, spec)
     assert runs and not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+
+
+@pytest.mark.parametrize("max_t,grace,factor", [(40, 5, 3), (40, 5, 2), (45, 5, 3), (10, 1, 2.5),
+                                                (40, 40, 3), (7, 2, 4)])
+def test_report_points_are_ashas_milestones(max_t, grace, factor):
+    """Trials report only where ASHA decides: its rung milestones (read from Ray's own
+    scheduler) rounded up to whole iterations, plus the last iteration."""
+    import math
+
+    from ray.tune.schedulers import ASHAScheduler
+
+    sched = ASHAScheduler(time_attr=train.ITERATIONS, max_t=max_t, grace_period=grace,
+                          reduction_factor=factor, metric="m", mode="max")
+    milestones = {math.ceil(m) for m, _ in sched._brackets[0]._rungs}
+    expected = sorted({m for m in milestones if m < max_t} | {max_t})
+    assert train.report_points(max_t, grace, factor) == expected
