@@ -103,7 +103,13 @@ def test_storage_credentials_from_the_chart_runtime_env(monkeypatch):
     assert model["spec"]["secretName"] == "airloop-model-storage-rclone"
     assert model["metadata"]["namespace"] == "airloop-demo"
     validate_object(model)
-    (isvc,) = serving.build_resources(spec_with(target="kserve"), 3, URI, None, options=options)
+    # the chart installs one target (serving.target, here seldon): a project asking for
+    # another is refused with the fix in the message
+    assert options.cluster_target == production.get("serving", {}).get("target", "seldon")
+    with pytest.raises(AirloopError, match="serving.target.*set the project's deployment.target"):
+        serving.build_resources(spec_with(target="kserve"), 3, URI, None, options=options)
+    (isvc,) = serving.build_resources(spec_with(target="kserve"), 3, URI, None,
+                                      options=replace(options, cluster_target="kserve"))
     assert isvc["spec"]["predictor"]["serviceAccountName"] == "airloop-model"
     validate_object(isvc)
     # no secret configured (default chart values): the Model carries none

@@ -56,6 +56,9 @@ class ServingOptions:
     seldon_server: str = "airloop-mlserver"
     service_account: str = "airloop-model"
     storage_secret: str | None = None
+    #: the serving target the cluster was installed for (chart ``serving.target``);
+    #: None: not known (any target is built)
+    cluster_target: str | None = None
 
 
 def options_from_env() -> ServingOptions:
@@ -65,6 +68,7 @@ def options_from_env() -> ServingOptions:
         seldon_server=os.environ.get("AIRLOOP_SELDON_SERVER", "airloop-mlserver"),
         service_account=os.environ.get("AIRLOOP_SERVICE_ACCOUNT", "airloop-model"),
         storage_secret=os.environ.get("AIRLOOP_STORAGE_SECRET") or None,
+        cluster_target=os.environ.get("AIRLOOP_SERVING_TARGET") or None,
     )
 
 
@@ -122,6 +126,12 @@ def build_resources(
     del settings  # the builder depends only on the spec and the options
     options = options or ServingOptions()
     deployment = _check(spec, version, model_uri)
+    if options.cluster_target and deployment["target"] != options.cluster_target:
+        raise AirloopError(
+            f"{spec.name}: deployment.target={deployment['target']!r} but this cluster serves "
+            f"with {options.cluster_target!r} (Helm value serving.target): set the project's "
+            f"deployment.target to {options.cluster_target!r}"
+        )
     namespace = namespace_for(spec, options)
     canary = int(deployment.get("canary_traffic", 0))
     min_replicas = int(deployment.get("min_replicas", 1))
