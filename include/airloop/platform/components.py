@@ -289,7 +289,12 @@ def plan(settings: Settings, database_url: str | None, ray_cluster: bool) -> lis
             url=f"http://{host}:{ports['mlflow']}",
             health="http:/health",
             ports={"mlflow": ports["mlflow"]},
-            env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            env={
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                # prometheus_client prefers this over the variable --expose-prometheus
+                # sets; a parent that imported feast (it sets its own) must not win.
+                "PROMETHEUS_MULTIPROC_DIR": str(mlflow_metrics_dir(settings)),
+            },
             after="db",
         ),
         Component(
