@@ -193,7 +193,17 @@ def test_sqlite_reader_missing_store_is_a_clear_error(tmp_path):
         reader.get([1])
 
 
-def test_redis_reader_matches_feast(tmp_path):
+@pytest.fixture(params=["hiredis", "stdlib"])
+def redis_parser(request, monkeypatch):
+    """The reader's two RESP parsers: hiredis (pinned in the serving env) and its own."""
+    if request.param == "stdlib":
+        monkeypatch.setattr(online, "hiredis", None)
+    else:
+        assert online.hiredis is not None, "hiredis is pinned in the runtime and serving locks"
+    return request.param
+
+
+def test_redis_reader_matches_feast(tmp_path, redis_parser):
     import redis
 
     client = redis.Redis(host="127.0.0.1", port=6379)
@@ -210,6 +220,13 @@ def test_redis_reader_matches_feast(tmp_path):
         rows = _compare(reader, store, [1, 3, 5, 99, 2])
         assert rows[3] is None and rows[0]["age"] == 20
         assert sorted(reader.sample_entities(10)) == [1, 2, 3, 4, 5, 6]
+        # an error reply (a non-hash at an entity's key) is a clear error, and the
+        # connection does not stay out of step: the next lookup reads the right rows
+        client.set(online.serialize_entity_key("customer_id", 42) + project.encode(), b"x")
+        with pytest.raises(online.OnlineStoreUnavailable, match="WRONGTYPE"):
+            reader.get([1, 42, 3])
+        again = reader.get([3, 1])
+        assert again[0]["age"] == rows[1]["age"] and again[1]["age"] == rows[0]["age"]
     finally:
         reader.close()
         for key in client.scan_iter(match=b"*" + project.encode()):
