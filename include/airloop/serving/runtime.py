@@ -345,7 +345,8 @@ class AirloopRuntime(MLflowRuntime):
                     arrays[name] = arr
                 else:
                     arrays[name] = np.asarray(values, dtype=dtype)
-        return pd.DataFrame(arrays, columns=self.features, copy=False)
+        # built in self.features order; no columns= (it reindexes: +0.2 ms per request)
+        return pd.DataFrame(arrays, copy=False)
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         rid = payload.id or str(uuid.uuid4())
