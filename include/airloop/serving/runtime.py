@@ -333,19 +333,10 @@ class AirloopRuntime(MLflowRuntime):
         import pandas as pd
 
         arrays = {}
-        for name in self.features:
+        for name in self.features:  # in feature order: no columns= (it reindexes, +0.2 ms)
             dtype = _DTYPES.get(self.types.get(name, ""))
             values = columns[name]
-            if dtype is None:
-                arrays[name] = values
-            else:
-                arr = np.empty(len(values), dtype=object) if dtype is object else None
-                if arr is not None:
-                    arr[:] = values
-                    arrays[name] = arr
-                else:
-                    arrays[name] = np.asarray(values, dtype=dtype)
-        # built in self.features order; no columns= (it reindexes: +0.2 ms per request)
+            arrays[name] = values if dtype is None else np.asarray(values, dtype=dtype)
         return pd.DataFrame(arrays, copy=False)
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
