@@ -159,8 +159,8 @@ def airflow_env(settings: Settings, db: Database) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": "8",
         # An idle scheduler loop sleeps this long before it looks for finished tasks
         # again (default 1 s, i.e. up to 1 s between a task's end and the next task's
-        # start). 0.2 s: task-to-task gap 0.24 s median (benchmarks), for one idle loop of DB queries
-        # (~5 ms) five times a second.
+        # start). 0.2 s: task-to-task gap 0.24 s median (benchmarks), for one idle
+        # loop of DB queries (~5 ms) five times a second.
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
