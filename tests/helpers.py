@@ -49,3 +49,24 @@ def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def churn_project(base: Path, mp, tenant_prefix: str = "t"):
+    """The demo churn spec under a unique tenant (so a unique Feast project and Redis
+    keys), in a private home and projects dir under ``base``; ``mp`` is a pytest
+    MonkeyPatch. Returns ``(spec, settings)``."""
+    import uuid
+
+    import yaml
+
+    from airloop import config
+    from airloop.spec import load_spec
+
+    raw = yaml.safe_load((REPO / "include" / "projects" / "churn.yaml").read_text())
+    raw["tenant"] = f"{tenant_prefix}{uuid.uuid4().hex[:8]}"
+    (base / "projects").mkdir()
+    (base / "projects" / "churn.yaml").write_text(yaml.safe_dump(raw))
+    mp.setenv("AIRLOOP_HOME", str(base / "home"))
+    mp.setenv("AIRLOOP_PROJECTS_DIR", str(base / "projects"))
+    settings = config.load()
+    return load_spec("churn", settings.projects_dir), settings

@@ -10,16 +10,12 @@ reader built from the extra reads it back; the project's keys are removed afterw
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
-import yaml
 
-from airloop import config
 from airloop.layout import layout
-from airloop.spec import load_spec
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -27,17 +23,10 @@ REDIS = "redis://127.0.0.1:6379/0"
 @pytest.fixture
 def project(airloop_home, tmp_path, monkeypatch):
     """The churn spec under a unique tenant (so a unique Feast project and Redis keys)."""
-    from helpers import REPO
+    from helpers import churn_project
 
-    raw = yaml.safe_load((REPO / "include" / "projects" / "churn.yaml").read_text())
-    raw["tenant"] = f"x{uuid.uuid4().hex[:8]}"
-    (tmp_path / "projects").mkdir()
-    (tmp_path / "projects" / "churn.yaml").write_text(yaml.safe_dump(raw))
-    monkeypatch.setenv("AIRLOOP_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("AIRLOOP_PROJECTS_DIR", str(tmp_path / "projects"))
     monkeypatch.delenv("AIRLOOP_FEAST_ONLINE", raising=False)
-    settings = config.load()
-    return load_spec("churn", settings.projects_dir), settings
+    return churn_project(tmp_path, monkeypatch, tenant_prefix="x")
 
 
 def _project_keys(project: str) -> list[bytes]:

@@ -8,17 +8,13 @@ Feast project (and its Redis keys) never collides with parallel runs.
 
 from __future__ import annotations
 
-import uuid
 from datetime import date, datetime, timedelta
 
 import pandas as pd
 import pytest
-import yaml
 
-from airloop import config
 from airloop.cli import main as cli_main
 from airloop.layout import layout
-from airloop.spec import load_spec
 
 START = date(2026, 10, 1)
 REDIS = "redis://127.0.0.1:6379/0"
@@ -32,17 +28,9 @@ def mp():
 
 def _project(tmp_path_factory, mp, label: str):
     """A private home and projects dir holding the churn spec under a unique tenant."""
-    from helpers import REPO
+    from helpers import churn_project
 
-    base = tmp_path_factory.mktemp(f"features-{label}")
-    raw = yaml.safe_load((REPO / "include" / "projects" / "churn.yaml").read_text())
-    raw["tenant"] = f"t{uuid.uuid4().hex[:8]}"
-    (base / "projects").mkdir()
-    (base / "projects" / "churn.yaml").write_text(yaml.safe_dump(raw))
-    mp.setenv("AIRLOOP_HOME", str(base / "home"))
-    mp.setenv("AIRLOOP_PROJECTS_DIR", str(base / "projects"))
-    settings = config.load()
-    return load_spec("churn", settings.projects_dir), settings
+    return churn_project(tmp_path_factory.mktemp(f"features-{label}"), mp)
 
 
 def _ingest(spec, settings, days=3, rows=300):
