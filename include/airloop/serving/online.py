@@ -390,11 +390,14 @@ class _Resp:
     # Replies are parsed in place: ``_pos`` walks the receive buffer, which is only
     # re-sliced when more bytes arrive (a 100-entity HMGET pipeline is ~1,500 lines;
     # slicing the rest of the buffer per line made parsing quadratic).
-    def _more(self) -> None:
+    def _recv(self) -> bytes:
         chunk = self._sock.recv(262144)
         if not chunk:
             raise ConnectionError("Redis closed the connection")
-        self._buf = self._buf[self._pos:] + chunk
+        return chunk
+
+    def _more(self) -> None:
+        self._buf = self._buf[self._pos:] + self._recv()
         self._pos = 0
 
     def _line(self) -> bytes:
@@ -451,10 +454,7 @@ class _Resp:
         while len(replies) < count:
             reply = reader.gets()
             if reply is False:  # needs more bytes
-                chunk = self._sock.recv(262144)
-                if not chunk:
-                    raise ConnectionError("Redis closed the connection")
-                reader.feed(chunk)
+                reader.feed(self._recv())
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 raise OnlineStoreUnavailable(f"Redis error: {reply}")
