@@ -19,8 +19,8 @@ END = datetime(2026, 2, 1, tzinfo=UTC)  # after every generated event timestamp
 
 def drift_function() -> Callable:
     """``f(reference, current) -> (share, drifted_columns)``:
-    :func:`airloop.monitoring.drift_share` (what the monitor step computes)."""
-    from airloop.monitoring import drift_share
+    :func:`airloop.runtime.monitoring.drift_share` (what the monitor step computes)."""
+    from airloop.runtime.monitoring import drift_share
 
     return drift_share
 
@@ -35,7 +35,7 @@ def online_reader(repo: Path, spec, store) -> Callable[[list[int]], object]:
         location = f"redis://{cfg.connection_string.split(',')[0]}"
     else:
         location = str(Path(cfg.path) if Path(cfg.path).is_absolute() else repo / cfg.path)
-    views = {v["name"]: v["features"] for v in spec.raw["features"]["views"]}
+    views = spec.feature_views
     reader = OnlineReader(location, store.config.project, views, spec.entity_key,
                           spec.entity_dtype)
     first = reader.get([1])[0]
@@ -62,8 +62,8 @@ def serving_settings(home: Path):
     os.environ["AIRLOOP_MLSERVER_PORT"] = str(free_port())
     os.environ["AIRLOOP_MLSERVER_GRPC_PORT"] = str(free_port())
     os.environ["AIRLOOP_MLSERVER_METRICS_PORT"] = str(free_port())
-    from airloop import config
-    from airloop.steps.deploy import runtime_extra
+    from airloop.core import settings as config
+    from airloop.runtime.steps.deploy import runtime_extra
 
     settings = config.load()
     return settings, runtime_extra
@@ -71,12 +71,12 @@ def serving_settings(home: Path):
 
 def start_endpoint(settings, spec, model_uri: str, version: str) -> Endpoint:
     """MLServer (serving venv, settings like ``airloop up`` writes) with the model deployed
-    by :func:`airloop.steps.deploy.deploy_local`: ``AirloopRuntime``, request logging on,
+    by :func:`airloop.runtime.steps.deploy.deploy_local`: ``AirloopRuntime``, request logging on,
     loaded through the repository API, smoke-tested."""
     import json
 
-    from airloop.layout import layout
-    from airloop.steps.deploy import deploy_local
+    from airloop.core.layout import layout
+    from airloop.runtime.steps.deploy import deploy_local
 
     from benchmarks.common import spawn, stop, venv, wait_http
 
@@ -109,15 +109,15 @@ def start_endpoint(settings, spec, model_uri: str, version: str) -> Endpoint:
 
 def materialize_function(workdir: Path, frame, redis_url: str | None) -> Callable:
     """``prepare() -> go()``: ``prepare`` lays out a fresh airloop home with ``frame`` as
-    the project's dataset (untimed); ``go`` runs :func:`airloop.features.store.materialize`
+    the project's dataset (untimed); ``go`` runs :func:`airloop.runtime.features.store.materialize`
     (apply + incremental materialization offline -> online), what the step runs. A
     fresh home per round, because an incremental materialization repeats nothing."""
     import itertools
     import os
 
-    from airloop import config
-    from airloop.features.store import materialize
-    from airloop.layout import layout
+    from airloop.core import settings as config
+    from airloop.runtime.features.store import materialize
+    from airloop.core.layout import layout
 
     from benchmarks.data import spec as load
 
@@ -141,17 +141,16 @@ def materialize_function(workdir: Path, frame, redis_url: str | None) -> Callabl
 
 def tune_function(workdir: Path) -> Callable:
     """``search(frame, full) -> (wall s, best validation score, trials stopped early)``
-    with :func:`airloop.steps.train.run_search`, the train step's Ray Tune search. ``full``
+    with :func:`airloop.runtime.steps.train.run_search`, the train step's Ray Tune search. ``full``
     runs the same configurations (same seeded sampler) with ``grace_period =
     max_iterations``, i.e. ASHA never stops a trial: every trial runs to completion."""
-    import copy
     import os
     import time
 
     os.environ["AIRLOOP_HOME"] = str(workdir)
-    from airloop import config
-    from airloop.spec import parse_spec
-    from airloop.steps.train import best_trial, run_search, split_frame
+    from airloop.core import settings as config
+    from airloop.core.spec import parse_spec
+    from airloop.runtime.steps.train import best_trial, run_search, split_frame
 
     from benchmarks.data import spec as load
 
@@ -159,7 +158,7 @@ def tune_function(workdir: Path) -> Callable:
     settings = config.load()
 
     def search(frame, full: bool):
-        raw = copy.deepcopy(base.raw)
+        raw = base.model_dump(mode="json")
         if full:
             raw["model"]["grace_period"] = raw["model"]["max_iterations"]
         s = parse_spec(raw, base.path)
@@ -167,7 +166,7 @@ def tune_function(workdir: Path) -> Callable:
         t0 = time.perf_counter()
         trials = run_search(split, s, settings, run_id=f"bench_{'full' if full else 'asha'}")
         wall = time.perf_counter() - t0
-        mode = s.metric.get("mode", "max")
+        mode = s.metric.mode
         return wall, best_trial(trials, mode).best(mode)[0], sum(t.status == "pruned" for t in trials)
 
     return search

@@ -27,7 +27,7 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parents[1]
 VENVS = Path(os.environ.get("AIRLOOP_VENVS", REPO / ".venvs"))
 
-from airloop.config import NO_TELEMETRY  # noqa: E402  (one list of switches)
+from airloop.core.settings import NO_TELEMETRY  # noqa: E402  (one list of switches)
 
 
 @dataclass

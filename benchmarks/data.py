@@ -14,7 +14,7 @@ import pandas as pd
 
 
 def spec():
-    from airloop.spec import load_spec
+    from airloop.core.spec import load_spec
 
     return load_spec("churn")
 

@@ -1,6 +1,6 @@
 """Comparison 5: drift check on 100k x 20 columns, plus detection quality.
 
-airloop's drift computation (:mod:`airloop.monitoring`, Evidently underneath) against
+airloop's drift computation (:mod:`airloop.runtime.monitoring`, Evidently underneath) against
 the floor, a plain ``scipy.stats.ks_2samp`` loop over the columns. Quality: 30
 simulated stationary days must flag no dataset drift; drift injected into known
 columns must flag exactly those columns.

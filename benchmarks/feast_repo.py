@@ -68,9 +68,9 @@ def build_store(repo: Path, frame, online: str = "sqlite", redis_port: int | Non
     types = {c.name: (String if c.allowed or c.dtype == "string" else
                       Int64 if c.dtype.startswith("int") else Float64) for c in s.columns}
     views = [
-        FeatureView(name=v["name"], entities=[entity], source=source, online=True,
-                    schema=[Field(name=f, dtype=types[f]) for f in v["features"]])
-        for v in s.raw["features"]["views"]
+        FeatureView(name=v.name, entities=[entity], source=source, online=True,
+                    schema=[Field(name=f, dtype=types[f]) for f in v.features])
+        for v in s.features.views
     ]
     service = FeatureService(name=s.feature_service, features=views)
     store = FeatureStore(repo_path=str(repo))

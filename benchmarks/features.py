@@ -54,9 +54,9 @@ def run(workdir: Path) -> dict:
         for kind in stores:
             repo = workdir / f"repo-{kind}"
             store, refs, service = build_store(repo, frame, kind, redis_port)
-            for view in s.raw["features"]["views"]:
-                cols = [s.entity_key, s.timestamp, *view["features"]]
-                store.write_to_online_store(view["name"], frame[cols])
+            for view in s.features.views:
+                cols = [s.entity_key, s.timestamp, *view.features]
+                store.write_to_online_store(view.name, frame[cols])
             port = free_port()
             # Both servers start at once: their imports take most of a minute.
             servers[kind] = serve(repo, port, workdir / f"feast-serve-{kind}.log")
@@ -104,7 +104,7 @@ def run(workdir: Path) -> dict:
                 # raw floor
                 if kind == "sqlite":
                     conn = sqlite3.connect(str(repo / "online.db"), check_same_thread=False)
-                    tables = [f"{PROJECT}_{v['name']}" for v in s.raw["features"]["views"]]
+                    tables = [f"{PROJECT}_{v.name}" for v in s.features.views]
                     keys = {n2: [_entity_keys(b, s.entity_key) for b in batches[n2]]
                             for n2 in SIZES}
 

@@ -1,6 +1,6 @@
 """Comparison 6: materialization offline -> online, rows/s, SQLite and Redis.
 
-airloop's materialization (:mod:`airloop.features.store`) and Feast's SDK
+airloop's materialization (:mod:`airloop.runtime.features.store`) and Feast's SDK
 ``materialize`` (DuckDB offline store) vs the floor: a raw write of the same rows,
 already serialized, to the same store (one SQLite transaction with ``executemany``;
 a non-transactional Redis pipeline of HSETs). Rows = entity rows (all feature views).
@@ -39,14 +39,14 @@ def _serialized(frame, s):
                                  entity_key_serialization_version=3)
             for i in frame[s.entity_key]]
     out = {}
-    for view in s.raw["features"]["views"]:
+    for view in s.features.views:
         recs = []
-        cols = {f: frame[f].tolist() for f in view["features"]}
+        cols = {f: frame[f].tolist() for f in view.features}
         ts = [t.to_pydatetime().replace(tzinfo=None) for t in frame[s.timestamp]]
         for i, k in enumerate(keys):
-            for f in view["features"]:
+            for f in view.features:
                 recs.append((k, f, value(cols[f][i]).SerializeToString(), ts[i]))
-        out[view["name"]] = recs
+        out[view.name] = recs
     return keys, out
 
 

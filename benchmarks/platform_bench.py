@@ -48,7 +48,7 @@ _PLATFORM_ONLY = False
 def airloop(env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """``airloop <args>`` from the control venv. When the full CLI cannot start (a
     command module of another plane missing), the platform's own entry point
-    ``python -m airloop.platform`` runs the same ``up``/``down`` code, and rows say so."""
+    ``python -m airloop.devstack`` runs the same ``up``/``down`` code, and rows say so."""
     global _PLATFORM_ONLY
     argv = [venv("control", "airloop")]
     if not _PLATFORM_ONLY:
@@ -57,7 +57,7 @@ def airloop(env: dict, *args: str, timeout: float = 600) -> subprocess.Completed
         if probe.returncode != 0:
             _PLATFORM_ONLY = True
     if _PLATFORM_ONLY:
-        argv = [venv("control"), "-m", "airloop.platform"]
+        argv = [venv("control"), "-m", "airloop.devstack"]
     return subprocess.run([*argv, *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -86,8 +86,8 @@ def land_data(env: dict, days: int = 3) -> None:
     from datetime import UTC, timedelta
 
     os.environ.update(env)
-    from airloop import config
-    from airloop.layout import layout
+    from airloop.core import settings as config
+    from airloop.core.layout import layout
 
     from benchmarks.data import churn_frame, spec
 
@@ -120,9 +120,9 @@ def task_gaps(env: dict) -> tuple[list[float], list[float], str]:
     Returns (task -> downstream gaps inside DAG runs, ingest end -> materialize first
     task start, run states)."""
     os.environ.update(env)
-    from airloop import config
-    from airloop.airflow_api import AirflowClient
-    from airloop.platform.auth import admin_credentials
+    from airloop.core import settings as config
+    from airloop.demo.airflow import AirflowClient
+    from airloop.devstack.auth import admin_credentials
 
     settings = config.load()
     user, password = admin_credentials(settings)
@@ -221,7 +221,7 @@ def run(workdir: Path) -> dict:
     finally:
         airloop(env, "down", timeout=180)
     for attempt, secs in up_times.items():
-        via = " (via python -m airloop.platform: the full CLI did not start)" if _PLATFORM_ONLY else ""
+        via = " (via python -m airloop.devstack: the full CLI did not start)" if _PLATFORM_ONLY else ""
         rows.append(Row(CMP_F, f"time to healthy ({attempt})", "airloop up", "airloop",
                         "wall time", "s", [secs], f"one sample per start{via}"))
     try:

@@ -164,9 +164,9 @@ def run(workdir: Path) -> dict:
     population = churn_frame(1_000, seed=4)
     store, _, _ = build_store(Path(extra["online_store"]).parent, population,
                               project=extra["feast_project"])
-    for view in s.raw["features"]["views"]:
+    for view in s.features.views:
         store.write_to_online_store(
-            view["name"], population[[s.entity_key, s.timestamp, *view["features"]]])
+            view.name, population[[s.entity_key, s.timestamp, *view.features]])
     floor = {}
     for n in SIZES:
         case = f"{n} row{'s' if n > 1 else ''}"

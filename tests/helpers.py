@@ -12,6 +12,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VENVS = Path(os.environ.get("AIRLOOP_VENVS", REPO / ".venvs"))
+#: The bundled demo project specs.
+PROJECTS = REPO / "include" / "projects"
 
 
 def venv_bin(env: str, tool: str) -> str:
@@ -59,8 +61,8 @@ def churn_project(base: Path, mp, tenant_prefix: str = "t"):
 
     import yaml
 
-    from airloop import config
-    from airloop.spec import load_spec
+    from airloop.core import settings as config
+    from airloop.core.spec import load_spec
 
     raw = yaml.safe_load((REPO / "include" / "projects" / "churn.yaml").read_text())
     raw["tenant"] = f"{tenant_prefix}{uuid.uuid4().hex[:8]}"

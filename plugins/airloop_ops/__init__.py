@@ -5,6 +5,6 @@ directly (``from airloop_ops import build_all``). Nothing here imports ML librar
 steps run in the runtime environment (a pod or the runtime virtualenv), never in Airflow.
 """
 
-from airloop_ops.factory import MODE_ENV, mode, step_arguments, step_operator
+from airloop_ops.factory import step_arguments, step_operator
 
-__all__ = ["MODE_ENV", "mode", "step_arguments", "step_operator"]
+__all__ = ["step_arguments", "step_operator"]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from airflow.sdk import Asset
 
 if TYPE_CHECKING:
-    from airloop.spec import ProjectSpec
+    from airloop.core.spec import ProjectSpec
 
 
 def dataset(spec: ProjectSpec) -> Asset:

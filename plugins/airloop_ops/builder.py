@@ -11,7 +11,6 @@ Building does no I/O beyond reading the spec files: no DB query, no connection l
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,18 +20,18 @@ from airflow.providers.standard.operators.python import BranchPythonOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
-from airloop.errors import AirloopError, SpecError
+from airloop.core.errors import AirloopError, SpecError
+from airloop.core.settings import Settings, load
+from airloop.core.spec import load_spec_file, spec_files
 from airloop_ops import assets
-from airloop_ops.factory import mode, step_operator
+from airloop_ops.factory import step_operator
 
 if TYPE_CHECKING:
-    from airloop.spec import ProjectSpec
+    from airloop.core.spec import ProjectSpec
 
 KINDS = ("ingest", "materialize", "train", "monitor", "batch_predict")
 TRIGGERS = ("manual", "schedule", "drift", "api")
 START_DATE = datetime(2025, 1, 1, tzinfo=UTC)
-RETRIES_ENV = "AIRLOOP_TASK_RETRIES"
-DEFAULT_RETRIES = 2
 RETRY_DELAY = timedelta(minutes=1)
 ERROR_DAG_ID = "airloop__spec_errors"
 
@@ -41,22 +40,12 @@ def dag_id(spec: ProjectSpec, kind: str) -> str:
     return f"{spec.name}__{kind}"
 
 
-def _retries() -> int:
-    raw = os.environ.get(RETRIES_ENV, str(DEFAULT_RETRIES))
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise AirloopError(f"{RETRIES_ENV}={raw!r} is not an integer") from exc
-    if value < 0:
-        raise AirloopError(f"{RETRIES_ENV}={raw!r} must be >= 0")
-    return value
-
-
-def _dag(spec: ProjectSpec, kind: str, doc_md: str | None, **kwargs: Any) -> DAG:
-    description = spec.raw.get("description") or f"airloop project {spec.name}"
+def _dag(spec: ProjectSpec, kind: str, settings: Settings, doc_md: str | None,
+         **kwargs: Any) -> DAG:
+    description = spec.description or f"airloop project {spec.name}"
     intro = (
         f"### `{dag_id(spec, kind)}`\n\nProject **{spec.name}** of tenant **{spec.tenant}** "
-        f"(spec `{spec.path.name}`), steps run in `{mode()}` mode.\n\n"
+        f"(spec `{spec.path.name}`), steps run in `{settings.mode}` mode.\n\n"
     )
     return DAG(
         dag_id=dag_id(spec, kind),
@@ -66,8 +55,8 @@ def _dag(spec: ProjectSpec, kind: str, doc_md: str | None, **kwargs: Any) -> DAG
         catchup=False,
         tags=["airloop", spec.tenant, spec.name, kind],
         default_args={
-            "owner": spec.owner,
-            "retries": _retries(),
+            "owner": spec.contact,
+            "retries": settings.task_retries,
             "retry_delay": RETRY_DELAY,
         },
         **kwargs,
@@ -95,28 +84,29 @@ def branch_on(source: str, key: str, *, if_true: str, if_false: str, task_id: st
     )
 
 
-def project_dags(spec: ProjectSpec, doc_md: str | None = None) -> dict[str, DAG]:
+def project_dags(spec: ProjectSpec, settings: Settings, doc_md: str | None = None
+                 ) -> dict[str, DAG]:
     """The five DAGs of one project, keyed by DAG id."""
     schedules = spec.schedules
     dataset = assets.dataset(spec)
     out: dict[str, DAG] = {}
 
-    with _dag(spec, "ingest", doc_md, schedule=_cron(schedules["ingest"])) as dag:
-        step_operator(spec, "ingest", outlets=[dataset])
+    with _dag(spec, "ingest", settings, doc_md, schedule=_cron(schedules.ingest)) as dag:
+        step_operator(spec, "ingest", settings, outlets=[dataset])
     out[dag.dag_id] = dag
 
     materialize_schedule = (
-        AssetOrTimeSchedule(timetable=_cron(schedules["materialize"]), assets=dataset)
-        if schedules["materialize"]
+        AssetOrTimeSchedule(timetable=_cron(schedules.materialize), assets=dataset)
+        if schedules.materialize
         else [dataset]
     )
-    with _dag(spec, "materialize", doc_md, schedule=materialize_schedule) as dag:
-        step_operator(spec, "materialize")
+    with _dag(spec, "materialize", settings, doc_md, schedule=materialize_schedule) as dag:
+        step_operator(spec, "materialize", settings)
     out[dag.dag_id] = dag
 
     params = {
         "trigger": Param(
-            "schedule" if schedules["train"] else "manual",
+            "schedule" if schedules.train else "manual",
             type="string",
             enum=list(TRIGGERS),
             description="What started this training run (recorded on the model version).",
@@ -131,28 +121,29 @@ def project_dags(spec: ProjectSpec, doc_md: str | None = None) -> dict[str, DAG]
     with _dag(
         spec,
         "train",
+        settings,
         doc_md,
-        schedule=_cron(schedules["train"]),
+        schedule=_cron(schedules.train),
         params=params,
         max_active_runs=1,
     ) as dag:
-        train = step_operator(spec, "train", extra_args=["--trigger", "{{ params.trigger }}"])
-        register = step_operator(spec, "register")
-        gate = step_operator(spec, "gate")
+        train = step_operator(spec, "train", settings, extra_args=["--trigger", "{{ params.trigger }}"])
+        register = step_operator(spec, "register", settings)
+        gate = step_operator(spec, "gate", settings)
         decide = branch_on(
             "gate", "promote", if_true="deploy", if_false="rejected", task_id="promotion_decision"
         )
-        deploy = step_operator(spec, "deploy")
-        promote = step_operator(spec, "promote")
+        deploy = step_operator(spec, "deploy", settings)
+        promote = step_operator(spec, "promote", settings)
         rejected = EmptyOperator(task_id="rejected")
         train >> register >> gate >> decide >> [deploy, rejected]
         deploy >> promote
     out[dag.dag_id] = dag
 
     with _dag(
-        spec, "monitor", doc_md, schedule=_cron(schedules["monitor"]), max_active_runs=1
+        spec, "monitor", settings, doc_md, schedule=_cron(schedules.monitor), max_active_runs=1
     ) as dag:
-        monitor = step_operator(spec, "monitor")
+        monitor = step_operator(spec, "monitor", settings)
         decide = branch_on(
             "monitor", "retrain", if_true="retrain", if_false="no_retrain", task_id="retrain_decision"
         )
@@ -172,8 +163,8 @@ def project_dags(spec: ProjectSpec, doc_md: str | None = None) -> dict[str, DAG]
         monitor >> decide >> [retrain, no_retrain]
     out[dag.dag_id] = dag
 
-    with _dag(spec, "batch_predict", doc_md, schedule=_cron(schedules["batch_predict"])) as dag:
-        step_operator(spec, "batch_predict")
+    with _dag(spec, "batch_predict", settings, doc_md, schedule=_cron(schedules.batch_predict)) as dag:
+        step_operator(spec, "batch_predict", settings)
     out[dag.dag_id] = dag
     return out
 
@@ -191,16 +182,15 @@ class SpecErrorsDag(DAG):
         raise SpecError(self.description or "invalid project spec")
 
 
-def build_all(projects_dir: Path | None = None, doc_md: str | None = None) -> dict[str, DAG]:
+def build_all(projects_dir: Path | None = None, doc_md: str | None = None,
+              settings: Settings | None = None) -> dict[str, DAG]:
     """DAGs of every spec in ``projects_dir`` (settings by default), keyed by DAG id.
 
     An invalid spec does not stop the others: its errors are reported through one
     :class:`SpecErrorsDag` (an import error of the DAG file).
     """
-    from airloop import config
-    from airloop.spec import load_spec_file, spec_files
-
-    projects_dir = projects_dir or config.load().projects_dir
+    settings = settings or load()
+    projects_dir = projects_dir or settings.projects_dir
     dags: dict[str, DAG] = {}
     errors: list[str] = []
     if not projects_dir.is_dir():
@@ -212,7 +202,7 @@ def build_all(projects_dir: Path | None = None, doc_md: str | None = None) -> di
             except SpecError as exc:
                 errors.append(str(exc))
                 continue
-            dags.update(project_dags(spec, doc_md))
+            dags.update(project_dags(spec, settings, doc_md))
     if errors:
         dags[ERROR_DAG_ID] = SpecErrorsDag(
             dag_id=ERROR_DAG_ID,

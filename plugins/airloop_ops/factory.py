@@ -1,9 +1,9 @@
 """One factory builds the operator of a pipeline step, in either execution mode.
 
-``AIRLOOP_MODE`` (read when the factory is called; default ``local``) selects:
+``settings.mode`` (``AIRLOOP_MODE``, default ``local``) selects:
 
 * ``kubernetes`` — a ``KubernetesPodOperator`` running the runtime image
-  (see :mod:`airloop_ops.k8s`);
+  (see :mod:`airloop_ops.pods`);
 * ``local`` — :class:`airloop_ops.local.LocalStepOperator`, the runtime virtualenv.
 
 Both run the same argv, ``airloop <step> --project <name> --run-id {{ run_id }} …``,
@@ -12,29 +12,19 @@ and both push the step's JSON result to XCom.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airloop.errors import AirloopError
-from airloop.spec import STEPS
+from airloop.core.errors import AirloopError
+from airloop.core.settings import Settings
+from airloop.core.spec import STEPS
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
 
-    from airloop.spec import ProjectSpec
+    from airloop.core.spec import ProjectSpec
 
-MODE_ENV = "AIRLOOP_MODE"
-MODES = ("local", "kubernetes")
 RUN_ID = "{{ run_id }}"
-
-
-def mode() -> str:
-    """The execution mode from ``AIRLOOP_MODE`` (``local`` or ``kubernetes``)."""
-    value = os.environ.get(MODE_ENV, "local").strip().lower() or "local"
-    if value not in MODES:
-        raise AirloopError(f"{MODE_ENV}={value!r}: expected one of {', '.join(MODES)}")
-    return value
 
 
 def step_arguments(spec: ProjectSpec, step: str, extra_args: Sequence[str] = ()) -> list[str]:
@@ -47,6 +37,7 @@ def step_arguments(spec: ProjectSpec, step: str, extra_args: Sequence[str] = ())
 def step_operator(
     spec: ProjectSpec,
     step: str,
+    settings: Settings,
     *,
     task_id: str | None = None,
     extra_args: Sequence[str] = (),
@@ -59,10 +50,16 @@ def step_operator(
     """
     arguments = step_arguments(spec, step, extra_args)
     task_id = task_id or step
-    if mode() == "kubernetes":
-        from airloop_ops import k8s
+    if settings.mode == "kubernetes":
+        # Imported only in kubernetes mode: it pulls in the Kubernetes client.
+        from airloop_ops import pods
 
-        return k8s.pod_operator(spec, step, task_id=task_id, arguments=arguments, **kwargs)
+        return pods.pod_operator(
+            spec, step, settings, task_id=task_id, arguments=arguments, **kwargs
+        )
     from airloop_ops.local import LocalStepOperator
 
-    return LocalStepOperator(task_id=task_id, arguments=arguments, **kwargs)
+    return LocalStepOperator(
+        task_id=task_id, arguments=arguments, runtime_cli=str(settings.venv_tool("runtime", "airloop")),
+        **kwargs,
+    )

@@ -28,17 +28,11 @@ class StepFailed(AirflowException):
     """The step exited non-zero; the message is its last ``error: …`` line."""
 
 
-def runtime_cli() -> Path:
-    """``airloop`` of the runtime virtualenv (``AIRLOOP_VENVS`` overrides the folder)."""
-    from airloop import config
-
-    return config.load().runtime_python.parent / "airloop"
-
-
 class LocalStepOperator(BaseOperator):
     """Run ``airloop <arguments>`` from the runtime virtualenv and return its JSON result.
 
     :param arguments: the step argv after the program name (templated, like the pod's).
+    :param runtime_cli: the ``airloop`` executable of the runtime virtualenv.
     :param env_vars: extra environment for the child (templated).
 
     Output lines are streamed into the task log; ``on_kill`` terminates the child's
@@ -53,18 +47,20 @@ class LocalStepOperator(BaseOperator):
         self,
         *,
         arguments: Sequence[str],
+        runtime_cli: str,
         env_vars: dict[str, str] | None = None,
         kill_timeout: float = 15.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.arguments = list(arguments)
+        self.runtime_cli = str(runtime_cli)
         self.env_vars = dict(env_vars or {})
         self.kill_timeout = kill_timeout
         self._proc: subprocess.Popen | None = None
 
     def argv(self) -> list[str]:
-        return [str(runtime_cli()), *(str(a) for a in self.arguments)]
+        return [self.runtime_cli, *(str(a) for a in self.arguments)]
 
     def execute(self, context: Any) -> Any:
         argv = self.argv()

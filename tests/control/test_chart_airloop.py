@@ -147,18 +147,20 @@ class TestFeast:
 
     @pytest.mark.parametrize("values", [{}, {"feast": {"redis": {"enabled": False,
                                                                   "externalUrl": "redis.example:6380"}}}])
-    def test_steps_and_feature_server_use_the_same_redis(self, values, monkeypatch):
-        """AIRLOOP_FEAST_ONLINE (tenant env) is what airloop.features.store accepts, and
+    def test_steps_and_feature_server_use_the_same_redis(self, values):
+        """AIRLOOP_FEAST_ONLINE (tenant env) is what airloop.runtime.features.store accepts, and
         names the Redis of the feature server's feature_store.yaml."""
-        from airloop.features import store
+        from airloop.core.settings import load as load_settings
+        from airloop.runtime.features import store
 
         objs = render_chart(values)
         feast_yaml = yaml.safe_load(by_kind(objs, "ConfigMap", "airloop-feast")[0]["data"]["feature_store.yaml"])
         server_conn = feast_yaml["online_store"]["connection_string"]
         url = by_kind(objs, "ConfigMap", "airloop-runtime-env")[0]["data"]["AIRLOOP_FEAST_ONLINE"]
         assert url == f"redis://{server_conn}/0"
-        monkeypatch.setenv("AIRLOOP_FEAST_ONLINE", url)
-        assert store._online_config(None, None) == {"type": "redis", "connection_string": f"{server_conn},db=0"}
+        settings = load_settings({"AIRLOOP_FEAST_ONLINE": url})
+        assert store._online_config(None, settings) == {
+            "type": "redis", "connection_string": f"{server_conn},db=0"}
 
     def test_redis_exporter_sidecar_service_port_and_monitor(self):
         objs = render_chart()
@@ -290,28 +292,27 @@ class TestServing:
         assert jmespath.search("[?name=='agent'].resources.limits | [0]", containers) == {"cpu": "2", "memory": "2Gi"}
         assert not container_problems(server["spec"]["podSpec"], "Server")
 
-    def test_deploy_step_model_lands_on_a_rendered_server(self, monkeypatch):
+    def test_deploy_step_model_lands_on_a_rendered_server(self):
         """A Model built by the deploy step from a tenant's airloop-runtime-env names a
         Server that the chart renders in the Model's namespace."""
         from dataclasses import replace
 
-        from airloop.k8s import serving
-        from airloop.spec import load_spec
+        from airloop.core.settings import load as load_settings
+        from airloop.core.spec import load_spec, parse_spec
+        from airloop.runtime.serving_targets import kubernetes as serving
 
         objs = render_chart({**TWO_TENANTS, "serving": {"serverName": "ml-shared"}})
         servers = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in by_kind(objs, "Server")}
         assert servers == {("airloop-alpha", "ml-shared"), ("airloop-beta", "ml-shared")}
-        base = load_spec("churn")
+        base = load_spec("churn", CHART.parents[1] / "include" / "projects")
         for tenant in ("alpha", "beta"):
-            raw = json.loads(json.dumps(base.raw))
+            raw = base.model_dump(mode="json")
             raw["tenant"] = tenant
             raw["deployment"].update(target="seldon", canary_traffic=0)
-            spec = replace(base, raw=raw)
+            spec = parse_spec(raw, base.path)
             (cm,) = [o for o in by_kind(objs, "ConfigMap", "airloop-runtime-env")
                      if o["metadata"]["namespace"] == f"airloop-{tenant}"]
-            for key, value in cm["data"].items():
-                monkeypatch.setenv(key, value)
-            options = serving.options_from_env()
+            options = serving.options_from_settings(load_settings(cm["data"]))
             built = serving.build_resources(spec, 2, "s3://bucket/model", None, options=options)
             (model,) = [o for o in built if o["kind"] == "Model"]
             assert (jmespath.search("metadata.namespace", model), jmespath.search("spec.server", model)) in servers

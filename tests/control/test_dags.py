@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import HEAVY_MODULES, REPO, ParseProbe, parse_dags
 
-from airloop.spec import load_all
+from airloop.core.spec import load_all
 
 SPECS = load_all(REPO / "include" / "projects")
 KINDS = ("ingest", "materialize", "train", "monitor", "batch_predict")
@@ -99,11 +99,11 @@ def test_dag_settings(local_bag, spec, kind):
     assert {"airloop", spec.tenant, spec.name, kind} <= set(dag.tags)
     assert dag.default_args["retries"] >= 1
     assert dag.default_args["retry_delay"] > timedelta(0)
-    assert dag.owner == spec.owner
+    assert dag.owner == spec.contact
     module_doc = (REPO / "dags" / "airloop_projects.py").read_text().split('"""')[1]
     assert dag.doc_md and module_doc.strip() in dag.doc_md
     for task in dag.tasks:
-        assert task.owner == spec.owner
+        assert task.owner == spec.contact
         assert task.retries == dag.default_args["retries"]
     if kind in ("train", "monitor"):
         assert dag.max_active_runs == 1
@@ -144,7 +144,7 @@ def test_schedules_and_assets(local_bag):
         crons = {"@hourly": "0 * * * *", "@daily": "0 0 * * *"}
         for kind in ("ingest", "monitor", "batch_predict"):
             timetable = _dag(bag, f"{spec.name}__{kind}").timetable
-            wanted = spec.schedules[kind]
+            wanted = spec.schedules.model_dump()[kind]
             assert type(timetable).__name__ == "CronTriggerTimetable"
             assert timetable.expression == crons.get(wanted, wanted)
             assert str(timetable.timezone) in ("UTC", "Timezone('UTC')")
@@ -221,7 +221,7 @@ def test_branches_follow_the_step_decision(local_bag, kind, task_id, source, res
 
 
 def test_branch_without_decision_fails_loudly(local_bag):
-    from airloop.errors import AirloopError
+    from airloop.core.errors import AirloopError
 
     bag, _ = local_bag
     branch = _dag(bag, "churn__train").get_task("promotion_decision")

@@ -23,18 +23,21 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chart_utils import validate_object  # noqa: E402
 
-from airloop.errors import AirloopError  # noqa: E402
-from airloop.k8s import serving  # noqa: E402
-from airloop.spec import load_spec  # noqa: E402
+from airloop.core.errors import AirloopError  # noqa: E402
+from airloop.runtime.serving_targets import kubernetes as serving  # noqa: E402
+from airloop.core.settings import load as load_settings  # noqa: E402
+from airloop.core.spec import load_spec, parse_spec  # noqa: E402
+
+PROJECTS = Path(__file__).resolve().parents[2] / "include" / "projects"
 
 URI = "s3://airloop-mlflow/1/abc123/artifacts/model"
 
 
 def spec_with(**deployment):
-    spec = load_spec("churn")
-    raw = json.loads(json.dumps(spec.raw))
+    spec = load_spec("churn", PROJECTS)
+    raw = spec.model_dump(mode="json")
     raw["deployment"].update(deployment)
-    return replace(spec, raw=raw)
+    return parse_spec(raw, spec.path)
 
 
 @pytest.mark.parametrize("target", ["seldon", "kserve"])
@@ -85,7 +88,7 @@ def test_seldon_canary_splits_traffic_between_versions():
     assert promoted["spec"]["candidates"] == [{"name": "demo-churn-v5", "weight": 100}]
 
 
-def test_storage_credentials_from_the_chart_runtime_env(monkeypatch):
+def test_storage_credentials_from_the_chart_runtime_env():
     """The production chart's airloop-runtime-env ConfigMap, loaded as the step's env,
     gives the Seldon Model its rclone secret and the KServe predictor the ServiceAccount
     that carries the S3 secret; both objects still validate against their CRDs."""
@@ -95,9 +98,7 @@ def test_storage_credentials_from_the_chart_runtime_env(monkeypatch):
     production = yaml.safe_load((CHART / "values-production.yaml").read_text())
     (cm,) = [o for o in render_chart(production, ["templates/tenants/tenants-configmap.yaml"])
              if o["metadata"]["namespace"] == "airloop-demo"]
-    for key, value in cm["data"].items():
-        monkeypatch.setenv(key, value)
-    options = serving.options_from_env()
+    options = serving.options_from_settings(load_settings(cm["data"]))
     assert options.storage_secret == "airloop-model-storage-rclone"
     model, _ = serving.build_resources(spec_with(target="seldon"), 3, URI, None, options=options)
     assert model["spec"]["secretName"] == "airloop-model-storage-rclone"
@@ -113,12 +114,12 @@ def test_storage_credentials_from_the_chart_runtime_env(monkeypatch):
     assert isvc["spec"]["predictor"]["serviceAccountName"] == "airloop-model"
     validate_object(isvc)
     # no secret configured (default chart values): the Model carries none
-    monkeypatch.delenv("AIRLOOP_STORAGE_SECRET")
+    env = {k: v for k, v in cm["data"].items() if k != "AIRLOOP_STORAGE_SECRET"}
     model, _ = serving.build_resources(spec_with(target="seldon"), 3, URI, None,
-                                       options=serving.options_from_env())
+                                       options=serving.options_from_settings(load_settings(env)))
     assert "secretName" not in model["spec"]
-    monkeypatch.setenv("AIRLOOP_STORAGE_SECRET", "")
-    assert serving.options_from_env().storage_secret is None
+    empty = load_settings({**env, "AIRLOOP_STORAGE_SECRET": ""})
+    assert serving.options_from_settings(empty).storage_secret is None
 
 
 def test_build_is_deterministic():
@@ -252,7 +253,7 @@ def test_deploy_applies_server_side_and_is_idempotent(fake_api, target, monkeypa
     server, api = fake_api
     monkeypatch.delenv("AIRLOOP_NAMESPACE", raising=False)
     spec = spec_with(target=target, canary_traffic=30)
-    result = serving.deploy(spec, version=2, model_uri=URI, settings=None, previous_version=1,
+    result = serving.deploy(spec, version=2, model_uri=URI, settings=load_settings({}), previous_version=1,
                             api_client=api)
     first = list(server.requests)
     assert first and all(r["content_type"] == "application/apply-patch+yaml" for r in first)
@@ -270,7 +271,7 @@ def test_deploy_applies_server_side_and_is_idempotent(fake_api, target, monkeypa
         ]
     assert result["canary_traffic"] == 30 and result["previous_version"] == 1
     changes = server.changes
-    serving.deploy(spec, version=2, model_uri=URI, settings=None, previous_version=1, api_client=api)
+    serving.deploy(spec, version=2, model_uri=URI, settings=load_settings({}), previous_version=1, api_client=api)
     second = server.requests[len(first):]
     assert [r["body"] for r in second] == [r["body"] for r in first]
     assert server.changes == changes, "applying twice must change nothing"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from airloop.spec import load_spec
+from airloop.core.spec import load_spec
 
 SPEC = load_spec("churn", REPO / "include" / "projects")
 
@@ -70,14 +70,15 @@ def _fake_cli(venvs: Path, body: str) -> Path:
 @pytest.fixture
 def local_op(tmp_path, monkeypatch):
     """Build a step operator through the factory, in local mode, with a fake CLI."""
-    monkeypatch.setenv("AIRLOOP_MODE", "local")
-    monkeypatch.setenv("AIRLOOP_VENVS", str(tmp_path / "venvs"))
+    from airloop.core.settings import load
+
+    settings = load({"AIRLOOP_MODE": "local", "AIRLOOP_VENVS": str(tmp_path / "venvs")})
 
     def make(body: str, step: str = "ingest", **kwargs):
         from airloop_ops import step_operator
 
         _fake_cli(tmp_path / "venvs", body)
-        op = step_operator(SPEC, step, **kwargs)
+        op = step_operator(SPEC, step, settings, **kwargs)
         op.render_template_fields({"run_id": "manual__local-1", "params": {"trigger": "api"}})
         return op
 
@@ -145,10 +146,11 @@ def test_missing_runtime_cli_is_a_clear_error(tmp_path, monkeypatch):
     from airloop_ops import step_operator
     from airloop_ops.local import StepFailed
 
-    monkeypatch.setenv("AIRLOOP_MODE", "local")
-    monkeypatch.setenv("AIRLOOP_VENVS", str(tmp_path / "nowhere"))
+    from airloop.core.settings import load
+
+    settings = load({"AIRLOOP_MODE": "local", "AIRLOOP_VENVS": str(tmp_path / "nowhere")})
     with pytest.raises(StepFailed, match="nowhere/runtime/bin/airloop not found"):
-        step_operator(SPEC, "gate").execute(context={})
+        step_operator(SPEC, "gate", settings).execute(context={})
 
 
 def _alive(pid: int) -> bool:

@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO
 from kubernetes.client import ApiClient
 
-from airloop.spec import load_all
+from airloop.core.spec import load_all
 
 SPECS = {s.name: s for s in load_all(REPO / "include" / "projects")}
 RUN_ID = "manual__2025-01-02T03:04:05+00:00"
@@ -132,14 +132,14 @@ def test_pod_identity_labels_namespace_resources(pods):
         labels = meta["labels"]
         assert labels["app.kubernetes.io/name"] == "airloop-step"
         assert labels["app.kubernetes.io/part-of"] == "airloop"
-        assert labels["airloop.dev/tenant"] == spec.tenant
-        assert labels["airloop.dev/project"] == spec.name
-        assert labels["airloop.dev/step"] == task_id
+        assert labels["airloop.io/tenant"] == spec.tenant
+        assert labels["airloop.io/project"] == spec.name
+        assert labels["airloop.io/step"] == task_id
         assert pod["spec"]["serviceAccountName"] == "airloop-step"
         assert pod["spec"]["restartPolicy"] == "Never"
         main, sidecar = pod["spec"]["containers"]
         assert main["image"] == "ghcr.io/airloop/runtime:0.1.0"
-        res = spec.resources(task_id)
+        res = spec.step_resources(task_id)
         assert main["resources"] == {
             "requests": {"cpu": res["cpu"], "memory": res["memory"]},
             "limits": {"cpu": res["cpu_limit"], "memory": res["memory_limit"]},
@@ -197,25 +197,25 @@ def test_pods_validate_strictly_against_kubernetes_schema(pods):
         kubernetes_validate.validate(broken, version, strict=True)
 
 
-def test_image_and_namespace_prefix_come_from_env(monkeypatch):
+def test_image_and_namespace_prefix_come_from_env():
+    from airloop.core.settings import load
     from airloop_ops import factory
 
-    monkeypatch.setenv("AIRLOOP_MODE", "kubernetes")
-    monkeypatch.setenv("AIRLOOP_RUNTIME_IMAGE", "registry.example/airloop/runtime:9.9")
-    monkeypatch.setenv("AIRLOOP_NAMESPACE_PREFIX", "ml-")
-    op = factory.step_operator(SPECS["churn"], "gate", task_id="gate_probe")
+    settings = load({"AIRLOOP_MODE": "kubernetes",
+                     "AIRLOOP_RUNTIME_IMAGE": "registry.example/airloop/runtime:9.9",
+                     "AIRLOOP_NAMESPACE_PREFIX": "ml-"})
+    op = factory.step_operator(SPECS["churn"], "gate", settings, task_id="gate_probe")
     assert op.image == "registry.example/airloop/runtime:9.9"
     assert op.namespace == "ml-demo"
     assert op.arguments == ["gate", "--project", "churn", "--run-id", "{{ run_id }}"]
 
 
-def test_unknown_mode_and_step_are_clear_errors(monkeypatch):
-    from airloop.errors import AirloopError
+def test_unknown_mode_and_step_are_clear_errors():
+    from airloop.core.errors import AirloopError
+    from airloop.core.settings import load
     from airloop_ops import factory
 
-    monkeypatch.setenv("AIRLOOP_MODE", "docker")
     with pytest.raises(AirloopError, match="AIRLOOP_MODE='docker'"):
-        factory.step_operator(SPECS["churn"], "gate")
-    monkeypatch.setenv("AIRLOOP_MODE", "local")
+        load({"AIRLOOP_MODE": "docker"})
     with pytest.raises(AirloopError, match="unknown step 'fit'"):
-        factory.step_operator(SPECS["churn"], "fit")
+        factory.step_operator(SPECS["churn"], "fit", load({"AIRLOOP_MODE": "local"}))

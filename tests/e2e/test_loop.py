@@ -54,13 +54,13 @@ def platform():
 
 def _client(env):
     sys.path.insert(0, str(REPO / "include"))
-    from airloop.airflow_api import AirflowClient
-    from airloop.platform.auth import admin_credentials
+    from airloop.demo.airflow import AirflowClient
+    from airloop.devstack.auth import admin_credentials
 
     old = dict(os.environ)
     os.environ.update(env)
     try:
-        from airloop import config
+        from airloop.core import settings as config
 
         settings = config.load()
         user, password = admin_credentials(settings)
@@ -71,7 +71,7 @@ def _client(env):
 
 
 def test_bad_trigger_conf_is_rejected(platform):
-    from airloop.airflow_api import AirflowAPIError
+    from airloop.demo.airflow import AirflowAPIError
 
     api = _client(platform)
     api.wait_for_dag("churn__train")
@@ -82,7 +82,7 @@ def test_bad_trigger_conf_is_rejected(platform):
 
 
 def test_unknown_dag_is_404(platform):
-    from airloop.airflow_api import AirflowAPIError
+    from airloop.demo.airflow import AirflowAPIError
 
     with pytest.raises(AirflowAPIError) as err:
         _client(platform).trigger("nope__train")

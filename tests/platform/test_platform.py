@@ -44,7 +44,7 @@ def platform_env(home: Path) -> dict[str, str]:
 def airloop(env: dict, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
     """The platform commands, as `airloop <args>` runs them (control environment)."""
     return subprocess.run(
-        [str(REPO / ".venvs" / "control" / "bin" / "python"), "-m", "airloop.platform", *args],
+        [str(REPO / ".venvs" / "control" / "bin" / "python"), "-m", "airloop.devstack", *args],
         env=env, capture_output=True, text=True, timeout=timeout, cwd=str(REPO),
     )
 
@@ -153,7 +153,7 @@ def test_status_text_json_and_token(platform):
 
     # The Python API others use: a JWT from /auth/token opens the REST API.
     code = (
-        "from airloop import config; from airloop.platform import auth;"
+        "from airloop.core import settings as config; from airloop.devstack import auth;"
         "print(auth.airflow_token(config.load()))"
     )
     token = subprocess.run(

@@ -1,6 +1,6 @@
 """`airloop up --ray-cluster` with real processes: a Ray head and a second Ray worker
 node on this machine -> the GCS lists two ALIVE nodes -> the train step's Ray Tune
-search (``airloop.steps.train.run_search``, connecting through
+search (``airloop.runtime.steps.train.run_search``, connecting through
 ``AIRLOOP_RAY_ADDRESS``) places its trials on both nodes, read back from Ray's own
 actor table -> a killed worker node is restarted by the supervisor and re-joins as a
 new node -> `airloop down` leaves no Ray process.
@@ -40,7 +40,7 @@ PORT_NAMES = ["postgres", "airflow", "mlflow", "mlserver", "mlserver_grpc",
 #: Runs in the runtime environment: Ray's view of the cluster as JSON.
 NODES_SCRIPT = """
 import json, ray
-from airloop import config
+from airloop.core import settings as config
 ray.init(address=config.load().ray_address, log_to_driver=False)
 print(json.dumps([{"node_id": n["NodeID"], "alive": n["Alive"],
                    "cpus": n["Resources"].get("CPU", 0)} for n in ray.nodes()]))
@@ -57,14 +57,14 @@ from datetime import date
 from pathlib import Path
 import pandas as pd
 import ray
-from airloop import config
+from airloop.core import settings as config
 from airloop.demo.churn import generate_day
-from airloop.spec import load_spec, parse_spec
-from airloop.steps import train
+from airloop.core.spec import load_spec, parse_spec
+from airloop.runtime.steps import train
 
 settings = config.load()
 assert settings.ray_address, "AIRLOOP_RAY_ADDRESS is not set"
-raw = copy.deepcopy(load_spec("churn").raw)
+raw = load_spec("churn", settings.projects_dir).model_dump(mode="json")
 raw["model"].update(num_samples=4, max_iterations=3, grace_period=3, reduction_factor=2,
                     max_concurrent_trials=2, holdout_days=2)
 spec = parse_spec(raw, Path("churn.yaml"))
@@ -101,7 +101,7 @@ def platform_env(home: Path) -> dict[str, str]:
 def airloop(env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """The platform commands, as `airloop <args>` runs them (control environment)."""
     return subprocess.run(
-        [venv_bin("control", "python"), "-m", "airloop.platform", *args],
+        [venv_bin("control", "python"), "-m", "airloop.devstack", *args],
         env=env, capture_output=True, text=True, timeout=timeout, cwd=str(REPO),
     )
 
@@ -278,7 +278,7 @@ def test_down_leaves_no_ray_process(cluster):
 
 
 def _ray_temp_dir(env: dict) -> str:
-    code = ("from airloop import config; from airloop.platform import components as C;"
-            "print(C.ray_temp_dir(config.load()))")
+    code = ("from airloop.core import settings as config; from airloop.core.naming import ray_temp_dir;"
+            "print(ray_temp_dir(config.load().home))")
     return subprocess.run([venv_bin("control", "python"), "-c", code], env=env,
                           capture_output=True, text=True, check=True).stdout.strip()

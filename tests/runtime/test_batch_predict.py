@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from airloop.errors import AirloopError
+from airloop.core.errors import AirloopError
 
 FEATURES = ["x1", "x2", "plan"]
 
 
 def spec_for(tenant: str):
-    from airloop.spec import parse_spec
+    from airloop.core.spec import parse_spec
 
     raw = {
         "name": "batchtest",
@@ -32,7 +32,7 @@ def spec_for(tenant: str):
             ],
         },
         "features": {"views": [{"name": "v", "features": FEATURES}]},
-        "model": {"family": "airloop.models:Logistic",
+        "model": {"family": "airloop.runtime.models:Logistic",
                   "search_space": {"c": {"type": "loguniform", "low": 0.01, "high": 1.0}}},
         "metric": {"name": "roc_auc"},
     }
@@ -65,7 +65,7 @@ def champion(mlflow_server):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder
 
-    from airloop import config
+    from airloop.core import settings as config
 
     spec = spec_for(f"b{uuid.uuid4().hex[:8]}")
     mlflow.set_tracking_uri(mlflow_server)
@@ -85,8 +85,8 @@ def champion(mlflow_server):
 
 
 def test_one_row_per_entity_from_latest_features_and_idempotent(champion):
-    from airloop.layout import layout
-    from airloop.steps import batch_predict
+    from airloop.core.layout import layout
+    from airloop.runtime.steps import batch_predict
 
     spec, settings, model, version = champion
     paths = layout(spec, settings)
@@ -120,8 +120,8 @@ def test_one_row_per_entity_from_latest_features_and_idempotent(champion):
 
 
 def test_no_champion_and_bad_input_are_clear_errors(champion, mlflow_server, tmp_path):
-    from airloop import config
-    from airloop.steps import batch_predict
+    from airloop.core import settings as config
+    from airloop.runtime.steps import batch_predict
 
     lonely = spec_for(f"n{uuid.uuid4().hex[:8]}")
     with pytest.raises(AirloopError, match="no 'champion' alias"):

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from airloop.layout import layout
+from airloop.core.layout import layout
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -40,7 +40,7 @@ def _project_keys(project: str) -> list[bytes]:
 
 
 def test_local_default_is_the_sqlite_file(project):
-    from airloop.steps.deploy import runtime_extra
+    from airloop.runtime.steps.deploy import runtime_extra
 
     spec, settings = project
     extra = runtime_extra(spec, settings, "3")
@@ -48,13 +48,13 @@ def test_local_default_is_the_sqlite_file(project):
     assert extra["online_store"].endswith("online.db")
 
 
-def test_redis_online_store_location_reaches_the_reader(project, monkeypatch):
-    from airloop.features import store
+def test_redis_online_store_location_reaches_the_reader(project):
+    from airloop.runtime.features import store
     from airloop.serving.online import OnlineReader
-    from airloop.steps.deploy import runtime_extra
+    from airloop.runtime.steps.deploy import runtime_extra
 
     spec, settings = project
-    monkeypatch.setenv("AIRLOOP_FEAST_ONLINE", REDIS)
+    settings = settings.model_copy(update={"feast_online": REDIS})
     extra = runtime_extra(spec, settings, "3")
     assert extra["online_store"] == REDIS
     assert extra["feast_project"] == spec.feast_project

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from airloop.cli import main as cli_main
-from airloop.layout import layout
+from airloop.core.layout import layout
 
 START = date(2026, 10, 1)
 REDIS = "redis://127.0.0.1:6379/0"
@@ -34,7 +34,7 @@ def _project(tmp_path_factory, mp, label: str):
 
 
 def _ingest(spec, settings, days=3, rows=300):
-    from airloop.steps import ingest
+    from airloop.runtime.steps import ingest
 
     argv = ["generate", "--project", "churn", "--days", str(days), "--rows-per-day",
             str(rows), "--start-date", START.isoformat()]
@@ -59,17 +59,17 @@ def _latest(spec, data):
 
 
 def test_repo_objects_follow_the_spec(project):
-    from airloop.features.store import repo_objects
+    from airloop.runtime.features.store import repo_objects
 
     spec, settings, _ = project
     entity, *views, service = repo_objects(spec, settings)
-    assert entity.join_key == "customer_id" and entity.owner == spec.owner
+    assert entity.join_key == "customer_id" and entity.owner == spec.contact
     assert [v.name for v in views] == ["customer_profile", "customer_activity"]
     dtypes = {c.name: c.dtype for c in spec.columns}
     for view in views:
-        assert view.ttl == timedelta(days=spec.raw["features"]["ttl_days"])
-        assert view.owner == spec.owner and view.tags["tenant"] == spec.tenant
-        assert view.tags["owner"] == spec.owner == service.tags["owner"]
+        assert view.ttl == timedelta(days=spec.features.ttl_days)
+        assert view.owner == spec.contact and view.tags["tenant"] == spec.tenant
+        assert view.tags["owner"] == spec.contact == service.tags["owner"]
         assert view.batch_source.path == str(layout(spec, settings).dataset_file)
         for field in view.schema:
             assert str(field.dtype).lower().startswith(
@@ -80,7 +80,7 @@ def test_repo_objects_follow_the_spec(project):
 
 
 def test_materialize_writes_the_window_once(project):
-    from airloop.steps import materialize
+    from airloop.runtime.steps import materialize
 
     spec, settings, data = project
     first = materialize.run(spec, run_id="m-1", settings=settings)
@@ -96,7 +96,7 @@ def test_materialize_writes_the_window_once(project):
 
 
 def test_online_features_are_each_entitys_latest_values(project):
-    from airloop.features import store
+    from airloop.runtime.features import store
 
     spec, settings, data = project
     latest = _latest(spec, data)
@@ -114,7 +114,7 @@ def test_online_features_are_each_entitys_latest_values(project):
 
 
 def test_training_frame_is_complete_and_point_in_time(project):
-    from airloop.features import store
+    from airloop.runtime.features import store
 
     spec, settings, data = project
     frame = store.training_frame(spec, settings)
@@ -138,7 +138,7 @@ def test_training_frame_is_complete_and_point_in_time(project):
 
 
 def test_latest_offline_features_one_row_per_entity(project):
-    from airloop.features import store
+    from airloop.runtime.features import store
 
     spec, settings, data = project
     frame = store.latest_offline_features(spec, settings).set_index(spec.entity_key)
@@ -152,12 +152,12 @@ def test_latest_offline_features_one_row_per_entity(project):
 
 def test_redis_online_store(project, tmp_path_factory):
     """The production online store: same repo objects, materialized into real Redis."""
-    from airloop.features import store
+    from airloop.runtime.features import store
 
     data = project[2]
     with pytest.MonkeyPatch.context() as mp:
         spec, settings = _project(tmp_path_factory, mp, "redis")
-        mp.setenv("AIRLOOP_FEAST_ONLINE", REDIS)
+        settings = settings.model_copy(update={"feast_online": REDIS})
         # The ingested dataset of the SQLite project, as this project's offline source.
         layout(spec, settings).dataset.mkdir(parents=True)
         data.to_parquet(layout(spec, settings).dataset_file, index=False)
@@ -181,20 +181,17 @@ def test_redis_online_store(project, tmp_path_factory):
                 fs.teardown()
 
 
-def test_bad_online_setting_is_one_clear_error(project):
-    from airloop.errors import AirloopError
-    from airloop.features import store
+def test_bad_online_setting_is_one_clear_error():
+    from airloop.core.errors import AirloopError
+    from airloop.core.settings import load
 
-    spec, settings, _ = project
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIRLOOP_FEAST_ONLINE", "memcached://x")
-        with pytest.raises(AirloopError, match="AIRLOOP_FEAST_ONLINE"):
-            store.feature_store(spec, settings)
+    with pytest.raises(AirloopError, match="AIRLOOP_FEAST_ONLINE='memcached://x'"):
+        load({"AIRLOOP_FEAST_ONLINE": "memcached://x"})
 
 
 def test_training_frame_without_dataset_says_ingest_first(airloop_home, tmp_path_factory):
-    from airloop.errors import AirloopError
-    from airloop.features import store
+    from airloop.core.errors import AirloopError
+    from airloop.runtime.features import store
 
     with pytest.MonkeyPatch.context() as mp:
         spec, settings = _project(tmp_path_factory, mp, "empty")
@@ -205,9 +202,9 @@ def test_training_frame_without_dataset_says_ingest_first(airloop_home, tmp_path
 def test_model_server_reader_sees_what_materialize_wrote(project):
     """The model server reads Feast's SQLite tables itself (no Feast next to MLServer):
     with the settings the deploy step hands it, it must return the SDK's values."""
-    from airloop.features import store
+    from airloop.runtime.features import store
     from airloop.serving.online import OnlineReader
-    from airloop.steps.deploy import runtime_extra
+    from airloop.runtime.steps.deploy import runtime_extra
 
     spec, settings, data = project
     store.materialize(spec, settings)  # idempotent; makes this test order-independent
@@ -234,8 +231,8 @@ def test_model_server_reader_sees_what_materialize_wrote(project):
 def test_training_rows_never_see_their_entitys_future(airloop_home, tmp_path_factory):
     """One customer seen at 08:00 and 13:00 with different values: the 08:00 training
     row must carry the 08:00 values although a newer snapshot exists."""
-    from airloop.features import store
-    from airloop.steps import ingest
+    from airloop.runtime.features import store
+    from airloop.runtime.steps import ingest
 
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("AIRLOOP_FEAST_ONLINE", raising=False)
@@ -267,8 +264,8 @@ def test_late_rows_reach_the_online_store(airloop_home, tmp_path_factory):
     """Rows ingested after a materialization but stamped before its end (a backfilled
     day) must still be materialized; plain incremental materialization would skip them."""
     from airloop.demo import churn
-    from airloop.features import store
-    from airloop.steps import ingest, materialize
+    from airloop.runtime.features import store
+    from airloop.runtime.steps import ingest, materialize
 
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("AIRLOOP_FEAST_ONLINE", raising=False)

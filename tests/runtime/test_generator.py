@@ -11,15 +11,16 @@ from scipy.stats import ks_2samp
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 
+from helpers import PROJECTS
 from airloop.demo import churn
-from airloop.spec import load_spec
+from airloop.core.spec import load_spec
 
 START = date(2026, 10, 1)
 
 
 @pytest.fixture(scope="module")
 def spec():
-    return load_spec("churn")
+    return load_spec("churn", PROJECTS)
 
 
 def _days(spec, days, drift_from=None, rows=600):
@@ -108,14 +109,14 @@ def test_corrupt_batch_breaks_expectations(spec):
 
 
 def test_generate_cli_writes_dated_files_atomically(airloop_home, tmp_path, monkeypatch):
-    from airloop import config
+    from airloop.core import settings as config
     from airloop.cli import main
-    from airloop.layout import layout
+    from airloop.core.layout import layout
 
     monkeypatch.setenv("AIRLOOP_DATA_DIR", str(tmp_path / "data"))
     argv = ["generate", "--project", "churn", "--days", "2", "--rows-per-day", "80", "--corrupt"]
     assert main(argv) == 0
-    spec = load_spec("churn")
+    spec = load_spec("churn", PROJECTS)
     landing = layout(spec, config.load()).landing
     yesterday = pd.Timestamp.now(tz="UTC").date() - pd.Timedelta(days=1)
     names = sorted(p.name for p in landing.iterdir())

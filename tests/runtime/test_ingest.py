@@ -11,11 +11,12 @@ from datetime import date, timedelta
 import pandas as pd
 import pytest
 
-from airloop import config, versioning
+from airloop.core import settings as config
+from airloop.runtime import versioning
 from airloop.demo import churn
-from airloop.errors import ValidationFailed
-from airloop.layout import layout
-from airloop.spec import load_spec
+from airloop.core.errors import ValidationFailed
+from airloop.core.layout import layout
+from airloop.core.spec import load_spec
 
 START = date(2026, 10, 1)
 
@@ -45,7 +46,7 @@ def _land(paths, spec, day, rows=200, name=None, frame=None):
 
 
 def test_ingest_quarantines_bad_files_and_keeps_good_ones(env):
-    from airloop.steps import ingest
+    from airloop.runtime.steps import ingest
 
     spec, settings, paths = env
     _land(paths, spec, 0)
@@ -92,7 +93,7 @@ def test_ingest_quarantines_bad_files_and_keeps_good_ones(env):
 
 
 def test_reingest_is_idempotent_and_versions_change_with_data(env):
-    from airloop.steps import ingest
+    from airloop.runtime.steps import ingest
 
     spec, settings, paths = env
     before = versioning.current_version(spec, settings)
@@ -112,7 +113,7 @@ def test_reingest_is_idempotent_and_versions_change_with_data(env):
 
 def test_unparseable_and_fractional_values_are_reported_not_coerced(env):
     """A bad timestamp or a fractional count must not become a null or a truncated int."""
-    from airloop.steps import ingest
+    from airloop.runtime.steps import ingest
 
     spec, settings, paths = env
     before = len(pd.read_parquet(paths.dataset_file))

@@ -1,7 +1,7 @@
 """MLflow's Prometheus exporter (``mlflow server --expose-prometheus``), for real.
 
 * The local platform: the exact ``mlflow server`` argv and environment of the ``mlflow``
-  component of ``airloop up`` (:func:`airloop.platform.components.plan`, on the
+  component of ``airloop up`` (:func:`airloop.devstack.components.plan`, on the
   machine's PostgreSQL) serve Prometheus text at ``/metrics`` that counts a tracking
   call.
 * The Helm chart's server (``--app-name basic-auth``, an explicit ``--allowed-hosts``):
@@ -21,7 +21,6 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -76,12 +75,11 @@ def _serve(argv, env, log_path, url):
 def platform_mlflow(tmp_path_factory):
     import psycopg2
 
-    from airloop import config
-    from airloop.platform import components as C
+    from airloop.core import settings as config
+    from airloop.devstack import components as C
 
     home = tmp_path_factory.mktemp("metrics-home")
-    settings = config.load()
-    settings = replace(settings, home=home, ports={**settings.ports, "mlflow": free_port()})
+    settings = config.load(home=home, mlflow_port=free_port())
     prefix = f"airloop_test_metrics_{uuid.uuid4().hex[:8]}"
     database_url = f"{PG_URL}/{prefix}"
     db = C.database(settings, database_url)
@@ -105,7 +103,7 @@ def platform_mlflow(tmp_path_factory):
 
 
 def test_platform_component_exposes_prometheus_metrics(platform_mlflow):
-    from airloop.platform import components as C
+    from airloop.devstack import components as C
 
     comp, url = platform_mlflow["comp"], platform_mlflow["url"]
     argv = comp.argv

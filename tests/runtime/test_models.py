@@ -1,32 +1,32 @@
-"""Code tests of airloop.models: families, iterative training, metrics, bad specs."""
+"""Code tests of airloop.runtime.models: families, iterative training, metrics, bad specs."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from airloop.errors import SpecError
-from airloop.models import (
+from helpers import PROJECTS
+from airloop.core.errors import SpecError
+from airloop.runtime.models import (
     HistGradientBoosting,
     LogisticRegression,
     is_better,
     load_family,
     score,
 )
-from airloop.spec import load_spec, parse_spec
+from airloop.core.spec import load_spec, parse_spec
 
 
 @pytest.fixture(scope="module")
 def spec():
-    return load_spec("churn")
+    return load_spec("churn", PROJECTS)
 
 
 def _with_model(spec, **model):
-    raw = copy.deepcopy(spec.raw)
+    raw = spec.model_dump(mode="json")
     raw["model"].update(model)
     return parse_spec(raw, spec.path)
 
@@ -63,8 +63,8 @@ def test_demo_family_preprocesses_categoricals_natively(spec):
 @pytest.mark.parametrize(
     "family_ref, params",
     [
-        ("airloop.models:HistGradientBoosting", {"learning_rate": 0.2, "max_depth": 3}),
-        ("airloop.models:LogisticRegression", {"alpha": 1e-3}),
+        ("airloop.runtime.models:HistGradientBoosting", {"learning_rate": 0.2, "max_depth": 3}),
+        ("airloop.runtime.models:LogisticRegression", {"alpha": 1e-3}),
     ],
 )
 def test_training_is_iterative_and_yields_a_pipeline(spec, family_ref, params):
@@ -101,7 +101,7 @@ def test_hist_gradient_boosting_grows_trees_per_step(spec):
 
 
 def test_fit_matches_stepwise_training(spec):
-    s = _with_model(spec, family="airloop.models:LogisticRegression",
+    s = _with_model(spec, family="airloop.runtime.models:LogisticRegression",
                     search_space={"alpha": {"type": "loguniform", "low": 1e-5, "high": 1e-1}})
     family = load_family(s)
     assert isinstance(family, LogisticRegression)
@@ -116,14 +116,14 @@ def test_fit_matches_stepwise_training(spec):
 @pytest.mark.parametrize(
     "family_ref, needle",
     [
-        ("airloop.models:NoSuchFamily", "has no 'NoSuchFamily'"),
+        ("airloop.runtime.models:NoSuchFamily", "has no 'NoSuchFamily'"),
         ("airloop.nonexistent_module:X", "cannot import module"),
-        ("airloop.models", "module:Class"),
-        ("airloop.models:score", "not an airloop.models.ModelFamily"),
+        ("airloop.runtime.models", "module:Class"),
+        ("airloop.runtime.models:score", "not an airloop.runtime.models.ModelFamily"),
     ],
 )
 def test_unknown_family_names_the_field(spec, family_ref, needle):
-    raw = copy.deepcopy(spec.raw)
+    raw = spec.model_dump(mode="json")
     raw["model"]["family"] = family_ref
     with pytest.raises(SpecError, match="model.family") as err:
         load_family(parse_spec(raw, spec.path))

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from airloop import monitoring
-from airloop.errors import AirloopError
+from airloop.runtime import monitoring
+from airloop.core.errors import AirloopError
 
 FEATURES = ["x1", "x2", "x3", "x4", "plan"]
 PLANS = ["basic", "plus", "pro"]
@@ -41,7 +41,7 @@ def make_frame(n: int, seed: int, shift: dict[str, float] | None = None) -> pd.D
 
 
 def spec_for(tenant: str, **drift):
-    from airloop.spec import parse_spec
+    from airloop.core.spec import parse_spec
 
     raw = {
         "name": "montest",
@@ -59,7 +59,7 @@ def spec_for(tenant: str, **drift):
             ],
         },
         "features": {"views": [{"name": "v", "features": FEATURES}]},
-        "model": {"family": "airloop.models:Logistic",
+        "model": {"family": "airloop.runtime.models:Logistic",
                   "search_space": {"c": {"type": "loguniform", "low": 0.01, "high": 1.0}}},
         "metric": {"name": "roc_auc"},
         "drift": {"share_threshold": 0.3, "window_hours": 24, "min_rows": 100,
@@ -92,7 +92,7 @@ def trained(mlflow_server):
 
     auc = roc_auc_score(reference.churned, reference.score)
     mlflow.set_experiment(f"montest-{uuid.uuid4().hex[:6]}")
-    with mlflow.start_run(tags={"airloop.dag_run_id": "train-1"}) as run, \
+    with mlflow.start_run(tags={"airloop.dag_run_id": "train-1"}), \
             tempfile.TemporaryDirectory() as tmp:
         info = mlflow.sklearn.log_model(
             model, name="model", pyfunc_predict_fn="predict_proba",
@@ -111,7 +111,7 @@ def project(trained, mlflow_server):
     """A fresh tenant whose champion is the trained model: ``project(**drift) -> spec``."""
     from mlflow import MlflowClient
 
-    from airloop import config
+    from airloop.core import settings as config
 
     model_uri, _ = trained
 
@@ -130,8 +130,8 @@ def project(trained, mlflow_server):
 
 def send(spec, settings, model, frame: pd.DataFrame, labels: bool | str = True) -> None:
     """Append ``frame`` to the prediction log (and feedback log) like the model server."""
-    from airloop.layout import layout
-    from airloop.predlog import JsonlLog
+    from airloop.core.layout import layout
+    from airloop.core.predlog import JsonlLog
 
     paths = layout(spec, settings)
     scores = model.predict_proba(frame[FEATURES])[:, 1]
@@ -152,7 +152,7 @@ def send(spec, settings, model, frame: pd.DataFrame, labels: bool | str = True) 
 
 
 def monitor(spec, settings, run_id):
-    from airloop.steps import monitor as step
+    from airloop.runtime.steps import monitor as step
 
     return step.run(spec, run_id=run_id, settings=settings)
 
@@ -257,8 +257,8 @@ def test_too_few_rows_gives_no_verdict(project, trained):
 
 
 def test_no_champion_is_one_clear_error(mlflow_server):
-    from airloop import config
-    from airloop.steps import monitor as step
+    from airloop.core import settings as config
+    from airloop.runtime.steps import monitor as step
 
     spec = spec_for(f"t{uuid.uuid4().hex[:8]}")
     with pytest.raises(AirloopError, match="no 'champion' alias"):

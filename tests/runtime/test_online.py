@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 
 from airloop.serving import online
+from airloop.serving.online import keys, values
+from airloop.serving.online import redis as online_redis
 
 VIEWS = {
     "profile": ["age", "plan", "vip"],
@@ -115,24 +117,24 @@ def test_entity_key_encoding_equals_feast():
             EntityKey(join_keys=["customer_id"], entity_values=[Value(int64_val=value)]),
             entity_key_serialization_version=3,
         )
-        assert online.serialize_entity_key("customer_id", value, "int64") == theirs
-        assert online.deserialize_entity_key(theirs) == {"customer_id": value}
+        assert keys.serialize_entity_key("customer_id", value, "int64") == theirs
+        assert keys.deserialize_entity_key(theirs) == {"customer_id": value}
     for value in ("abc", "ü-ß", ""):
         theirs = serialize_entity_key(
             EntityKey(join_keys=["user"], entity_values=[Value(string_val=value)]),
             entity_key_serialization_version=3,
         )
-        assert online.serialize_entity_key("user", value, "string") == theirs
+        assert keys.serialize_entity_key("user", value, "string") == theirs
     theirs = serialize_entity_key(
         EntityKey(join_keys=["k"], entity_values=[Value(int32_val=-5)]),
         entity_key_serialization_version=3,
     )
-    assert online.serialize_entity_key("k", -5, "int32") == theirs
+    assert keys.serialize_entity_key("k", -5, "int32") == theirs
     # ids arrive from JSON as floats or strings: coerce, but reject non-integers
-    assert online.serialize_entity_key("k", 3.0) == online.serialize_entity_key("k", "3")
+    assert keys.serialize_entity_key("k", 3.0) == keys.serialize_entity_key("k", "3")
     for bad in (3.5, "x", True):
         with pytest.raises(ValueError):
-            online.serialize_entity_key("k", bad)
+            keys.serialize_entity_key("k", bad)
 
 
 def test_value_decoding_equals_protobuf():
@@ -154,12 +156,12 @@ def test_value_decoding_equals_protobuf():
     ]
     cases, expected = cases + [c for c, _ in edges], expected + [w for _, w in edges]
     for proto, want in zip(cases, expected):
-        got = online.decode_value(proto.SerializeToString())
+        got = values.decode_value(proto.SerializeToString())
         assert got == want and type(got) is type(want), (proto, got)
     with pytest.raises(ValueError, match="scalar"):
         from feast.protos.feast.types.Value_pb2 import Int64List
 
-        online.decode_value(Value(int64_list_val=Int64List(val=[1, 2])).SerializeToString())
+        values.decode_value(Value(int64_list_val=Int64List(val=[1, 2])).SerializeToString())
 
 
 def test_sqlite_reader_matches_feast(tmp_path):
@@ -197,9 +199,9 @@ def test_sqlite_reader_missing_store_is_a_clear_error(tmp_path):
 def redis_parser(request, monkeypatch):
     """The reader's two RESP parsers: hiredis (pinned in the serving env) and its own."""
     if request.param == "stdlib":
-        monkeypatch.setattr(online, "hiredis", None)
+        monkeypatch.setattr(online_redis, "hiredis", None)
     else:
-        assert online.hiredis is not None, "hiredis is pinned in the runtime and serving locks"
+        assert online_redis.hiredis is not None, "hiredis is pinned in the runtime and serving locks"
     return request.param
 
 
@@ -222,7 +224,7 @@ def test_redis_reader_matches_feast(tmp_path, redis_parser):
         assert sorted(reader.sample_entities(10)) == [1, 2, 3, 4, 5, 6]
         # an error reply (a non-hash at an entity's key) is a clear error, and the
         # connection does not stay out of step: the next lookup reads the right rows
-        client.set(online.serialize_entity_key("customer_id", 42) + project.encode(), b"x")
+        client.set(keys.serialize_entity_key("customer_id", 42) + project.encode(), b"x")
         with pytest.raises(online.OnlineStoreUnavailable, match="WRONGTYPE"):
             reader.get([1, 42, 3])
         again = reader.get([3, 1])
@@ -234,6 +236,6 @@ def test_redis_reader_matches_feast(tmp_path, redis_parser):
 
 
 def test_struct_layout_of_a_key_is_documented_v3():
-    key = online.serialize_entity_key("id", 7)
+    key = keys.serialize_entity_key("id", 7)
     assert key[:4] == struct.pack("<I", 1)
     assert key.endswith(struct.pack("<IIq", 4, 8, 7))

@@ -19,7 +19,7 @@ RECORD = {"id": "req-é-1", "row": 0, "ts": "2026-11-27T00:00:00.123456+00:00",
 
 @pytest.fixture(params=["orjson", "json"])
 def predlog(request, monkeypatch):
-    import airloop.predlog as module
+    import airloop.core.predlog as module
 
     if request.param == "json":
         monkeypatch.setitem(sys.modules, "orjson", None)  # import orjson -> ImportError

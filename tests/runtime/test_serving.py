@@ -8,8 +8,6 @@ real Feast SDK, and a real ``mlserver start`` process from the serving venv runn
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -24,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import free_port, stop, venv_bin, wait_http
+from helpers import PROJECTS, free_port, stop, venv_bin, wait_http
 
 N_ROWS = 240
 ONLINE_ENTITIES = 40
@@ -103,7 +101,7 @@ def _write_online(spec, settings, frame, tmp_path):
     from feast import Entity, FeatureStore, FeatureView, Field, FileSource, RepoConfig, ValueType
     from feast.types import Float64, Int64, String
 
-    from airloop.layout import layout
+    from airloop.core.layout import layout
 
     paths = layout(spec, settings)
     paths.feast.mkdir(parents=True, exist_ok=True)
@@ -113,10 +111,10 @@ def _write_online(spec, settings, frame, tmp_path):
     entity = Entity(name=spec.entity_name, join_keys=[spec.entity_key], value_type=ValueType.INT64)
     views = [
         FeatureView(
-            name=v["name"], entities=[entity], ttl=timedelta(days=3650), source=source,
-            schema=[Field(name=f, dtype=types[dtypes[f]]) for f in v["features"]],
+            name=v.name, entities=[entity], ttl=timedelta(days=3650), source=source,
+            schema=[Field(name=f, dtype=types[dtypes[f]]) for f in v.features],
         )
-        for v in spec.raw["features"]["views"]
+        for v in spec.features.views
     ]
     store = FeatureStore(config=RepoConfig(
         project=f"{spec.tenant}_{spec.name}", registry=str(tmp_path / "registry.db"),
@@ -126,9 +124,9 @@ def _write_online(spec, settings, frame, tmp_path):
     ))
     store.apply([entity, *views])
     online = frame.iloc[:ONLINE_ENTITIES]
-    for v in spec.raw["features"]["views"]:
+    for v in spec.features.views:
         store.write_to_online_store(
-            v["name"], online[[spec.entity_key, spec.timestamp, *v["features"]]]
+            v.name, online[[spec.entity_key, spec.timestamp, *v.features]]
         )
     return store
 
@@ -137,15 +135,13 @@ def _write_online(spec, settings, frame, tmp_path):
 def world(mlflow_server, tmp_path_factory):
     import mlflow
 
-    from airloop import config
-    from airloop.layout import layout
-    from airloop.spec import load_spec
+    from airloop.core import settings as config
+    from airloop.core.layout import layout
+    from airloop.core.spec import load_spec
 
-    spec = load_spec("churn")
+    spec = load_spec("churn", PROJECTS)
     port = free_port()
-    settings = dataclasses.replace(
-        config.load(), model_server_url=f"http://127.0.0.1:{port}", tracking_uri=mlflow_server
-    )
+    settings = config.load(model_server_url=f"http://127.0.0.1:{port}", tracking_uri=mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
     paths = layout(spec, settings)
     frame = _frame(spec, N_ROWS, seed=3)
@@ -185,7 +181,7 @@ def _infer_url(w):
 
 
 def _full_request(w, rows: pd.DataFrame, rid: str | None = None) -> dict:
-    from airloop.steps.deploy import _v2_input
+    from airloop.runtime.steps.deploy import _v2_input
 
     body = {"inputs": [_v2_input(c, rows[c].tolist()) for c in w["spec"].feature_columns],
             "parameters": {"content_type": "pd"}}
@@ -207,15 +203,15 @@ def _outputs(answer):
 
 
 def test_deploy_without_a_registered_version_fails(world):
-    from airloop.errors import AirloopError
-    from airloop.steps import deploy
+    from airloop.core.errors import AirloopError
+    from airloop.runtime.steps import deploy
 
     with pytest.raises(AirloopError, match="airloop.dag_run_id"):
         deploy.run(world["spec"], run_id="no_such_run", settings=world["settings"])
 
 
 def test_deploy_then_infer_with_full_features(world):
-    from airloop.steps import deploy
+    from airloop.runtime.steps import deploy
 
     spec, settings = world["spec"], world["settings"]
     result = deploy.run(spec, run_id=world["runs"][0], settings=settings)
@@ -224,7 +220,7 @@ def test_deploy_then_infer_with_full_features(world):
     assert result["smoke_input"] == "entity" and 0.0 <= result["smoke_score"] <= 1.0
     ms = json.loads((settings.model_repository / spec.serving_name / "model-settings.json")
                     .read_text())
-    assert ms["implementation"] == "airloop.serving.runtime.AirloopRuntime"
+    assert ms["implementation"] == "airloop.serving.mlserver.AirloopRuntime"
     assert ms["parameters"]["version"] == world["versions"][0]
 
     rows = world["frame"].iloc[100:103]
@@ -255,7 +251,7 @@ def test_infer_with_entity_ids_only_joins_online_features(world):
 
 
 def test_prediction_log_has_every_row_with_its_id(world):
-    from airloop.predlog import read_window
+    from airloop.core.predlog import read_window
 
     now = datetime.now(UTC)
     records = list(read_window(world["paths"].predictions, now - timedelta(hours=1),
@@ -271,7 +267,7 @@ def test_prediction_log_has_every_row_with_its_id(world):
 
 
 def test_feedback_endpoint_and_cli_append_labels(world, tmp_path):
-    from airloop.predlog import read_window
+    from airloop.core.predlog import read_window
     from airloop.serving import cli as serving_cli
 
     url = _infer_url(world).rsplit("/", 1)[0] + "/feedback"
@@ -292,10 +288,9 @@ def test_feedback_endpoint_and_cli_append_labels(world, tmp_path):
 
     labels = tmp_path / "labels.csv"
     labels.write_text("id,row,label\nreq-full-1,0,1\nreq-full-1,1,0\n")
-    parser = argparse.ArgumentParser()
-    serving_cli.add_commands(parser.add_subparsers(dest="command"))
+    parser = serving_cli.build_parser()
     args = parser.parse_args(["feedback", "--project", "churn", "--file", str(labels)])
-    assert args.func(args) == 0
+    assert args.func(args, world["settings"]) == 0
 
     now = datetime.now(UTC)
     got = {(r["id"], r["row"]): r["label"] for r in read_window(
@@ -307,10 +302,10 @@ def test_feedback_endpoint_and_cli_append_labels(world, tmp_path):
     bad_file = tmp_path / "bad.csv"
     bad_file.write_text("id,row,label\nx,0,1\ny,0,maybe\n")
     args = parser.parse_args(["feedback", "--project", "churn", "--file", str(bad_file)])
-    from airloop.errors import AirloopError
+    from airloop.core.errors import AirloopError
 
     with pytest.raises(AirloopError, match="label must be 0 or 1"):
-        args.func(args)
+        args.func(args, world["settings"])
 
 
 def test_malformed_payloads_are_4xx_and_the_server_keeps_serving(world):
@@ -345,7 +340,7 @@ def test_malformed_payloads_are_4xx_and_the_server_keeps_serving(world):
 
 
 def test_redeploy_same_version_is_a_noop_and_a_new_version_swaps(world):
-    from airloop.steps import deploy
+    from airloop.runtime.steps import deploy
 
     spec, settings = world["spec"], world["settings"]
     again = deploy.run(spec, run_id=world["runs"][0], settings=settings)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from airloop.errors import SpecError
-from airloop.spec import load_spec, load_spec_file
+from airloop.core.errors import SpecError
+from airloop.core.spec import load_spec, load_spec_file
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "include" / "projects" / "churn.yaml"
@@ -22,9 +22,9 @@ def test_demo_spec_is_valid_and_defaults_apply():
     assert spec.model_name == "demo.churn"
     assert spec.serving_name == "demo-churn"
     assert spec.feature_service == "churn_v1"
-    assert spec.schedules["monitor"] == "0 2 * * *"
-    assert spec.resources("train")["memory"] == "1Gi"
-    assert spec.model["reduction_factor"] == 3  # schema default filled in
+    assert spec.schedules.monitor == "0 2 * * *"
+    assert spec.step_resources("train")["memory"] == "1Gi"
+    assert spec.model.reduction_factor == 3  # schema default filled in
 
 
 def _write(tmp_path: Path, mutate, name: str = "churn") -> Path:
@@ -38,9 +38,9 @@ def _write(tmp_path: Path, mutate, name: str = "churn") -> Path:
 @pytest.mark.parametrize(
     ("mutate", "field"),
     [
-        (lambda r: r.pop("tenant"), "'tenant' is a required property"),
+        (lambda r: r.pop("tenant"), "tenant: Field required"),
         (lambda r: r["data"]["columns"][0].update(dtype="float32"), "data.columns.0.dtype"),
-        (lambda r: r.update(colour="blue"), "'colour' was unexpected"),
+        (lambda r: r.update(colour="blue"), "colour: Extra inputs are not permitted"),
         (lambda r: r["metric"].update(name="rmse"), "metric.name"),
         (lambda r: r["drift"].update(share_threshold=2), "drift.share_threshold"),
         (lambda r: r["features"]["views"][0]["features"].append("ghost"), "'ghost'"),

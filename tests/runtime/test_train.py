@@ -8,7 +8,6 @@ to this module even though the MLflow server is shared by the session.
 
 from __future__ import annotations
 
-import copy
 import tempfile
 import uuid
 from datetime import date
@@ -18,10 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from airloop import config, tracking
-from airloop.errors import AirloopError
-from airloop.spec import load_spec, parse_spec
-from airloop.steps import gate, promote, register, train
+from helpers import PROJECTS
+from airloop.core import settings as config
+from airloop.runtime import tracking
+from airloop.core.errors import AirloopError
+from airloop.core.spec import load_spec, parse_spec
+from airloop.runtime.steps import gate, promote, register, train
 
 MAX_IT = 6
 START = date(2025, 1, 1)
@@ -59,7 +60,7 @@ def settings(mlflow_server):
 
 @pytest.fixture(scope="module")
 def spec():
-    raw = copy.deepcopy(load_spec("churn").raw)
+    raw = load_spec("churn", PROJECTS).model_dump(mode="json")
     raw["tenant"] = f"t{uuid.uuid4().hex[:8]}"
     raw["model"].update(num_samples=SAMPLES, max_iterations=MAX_IT, grace_period=2,
                         reduction_factor=2, max_concurrent_trials=2, holdout_days=2)
@@ -69,7 +70,7 @@ def spec():
 
 def _variant(spec, **model):
     """The same project (same experiment and registered model) with a smaller search."""
-    raw = copy.deepcopy(spec.raw)
+    raw = spec.model_dump(mode="json")
     promotion = model.pop("promotion", None)
     raw["model"].update(model)
     if promotion is not None:
@@ -117,7 +118,7 @@ def test_split_is_time_based(spec):
 def test_train_logs_every_trial_under_one_parent(first, spec, client):
     assert first["trials"] == SAMPLES
     assert first["metric_name"] == "roc_auc" and first["metric"] > 0.7
-    assert set(first["best_params"]) == set(spec.model["search_space"])
+    assert set(first["best_params"]) == set(spec.model.search_space)
     assert first["rows"]["holdout"] > 0 and first["rows"]["train"] > first["rows"]["validation"]
     runs = _experiment_runs(client, spec)
     parents = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "parent"]
@@ -127,7 +128,7 @@ def test_train_logs_every_trial_under_one_parent(first, spec, client):
     statuses = []
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == first["mlflow_run_id"]
-        assert set(child.data.params) == set(spec.model["search_space"])
+        assert set(child.data.params) == set(spec.model.search_space)
         history = client.get_metric_history(child.info.run_id, "validation_roc_auc")
         steps = sorted(m.step for m in history)
         assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= MAX_IT
@@ -170,7 +171,7 @@ def test_artifacts_and_model(first, spec, client, settings):
     model = mlflow.pyfunc.load_model(client.get_run(run_id).data.tags[tracking.TAG_MODEL_URI])
     proba = np.asarray(model.predict(hold[spec.feature_columns]))
     assert proba.shape == (len(hold), 2)
-    from airloop.models import score
+    from airloop.runtime.models import score
 
     assert score("roc_auc", hold[spec.label], proba[:, 1]) == pytest.approx(first["metric"])
     assert model.metadata.signature.inputs.input_names() == spec.feature_columns
@@ -262,7 +263,7 @@ def test_equal_or_better_challenger_moves_aliases(spec, settings, client, ray_up
 
 
 def test_failed_search_ends_its_runs_failed(spec, settings, client, ray_up):
-    raw = copy.deepcopy(spec.raw)
+    raw = spec.model_dump(mode="json")
     raw["model"]["search_space"] = {"learning_rate": {"type": "choice", "values": [-1.0]}}
     raw["model"]["num_samples"] = 1
     broken = parse_spec(raw, spec.path)

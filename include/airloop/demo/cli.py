@@ -1,86 +1,45 @@
-"""``airloop generate``: write a demo project's synthetic daily batches to its landing zone."""
+"""``airloop demo`` and ``airloop generate`` — the demo's command line.
+
+A command's implementation (numpy, pandas, the Airflow client) is imported when the
+command runs, so that ``airloop --help`` and the other planes never load it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
-from datetime import UTC, date, datetime, timedelta
+import sys
+from collections.abc import Sequence
 
-from airloop.errors import AirloopError
+from airloop.core import cli
 
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "generate", help="write synthetic daily batches into a project's landing zone"
-    )
-    p.add_argument("--project", required=True, help="project spec with a data.generator")
-    p.add_argument("--days", type=int, required=True, help="number of daily files to write")
-    p.add_argument("--start-day", type=int, default=0, help="index of the first day (default 0)")
-    p.add_argument(
-        "--start-date",
-        type=date.fromisoformat,
-        default=None,
-        help="date of day 0 (YYYY-MM-DD; default: so that the last file is yesterday, UTC)",
-    )
-    p.add_argument("--rows-per-day", type=int, default=800)
-    p.add_argument("--drift-from-day", type=int, default=None, help="inject drift from this day")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--format", choices=("csv", "parquet"), default=None, help="default: the spec's")
-    p.add_argument("--corrupt", action="store_true", help="also write one deliberately bad file")
-    p.set_defaults(func=generate)
+#: command -> (one-line help, implementing module, its handler)
+_IMPLEMENTATION = {
+    "demo": ("run the whole loop on a demo project through the REST APIs",
+             "airloop.demo.loop", "run_demo"),
+    "generate": ("write synthetic daily batches into a project's landing zone",
+                 "airloop.demo.generate", "generate"),
+}
+#: The commands of this plane, with their one-line help.
+COMMANDS = {name: help_ for name, (help_, _, _) in _IMPLEMENTATION.items()}
 
 
-def generator_for(spec):
-    """Resolve ``data.generator`` (``module:function``) of a spec."""
-    target = spec.raw["data"].get("generator")
-    if not target:
-        raise AirloopError(f"project {spec.name!r} has no data.generator")
-    module, _, func = target.partition(":")
-    try:
-        return getattr(importlib.import_module(module), func)
-    except (ImportError, AttributeError) as exc:
-        raise AirloopError(f"{spec.path}: data.generator {target!r} cannot be loaded: {exc}") from exc
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    parser = cli.parser("airloop", "The demo: synthetic data and the whole loop over REST.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = cli.command(argv, COMMANDS)
+    for name, (help_, module_name, handler) in _IMPLEMENTATION.items():
+        p = sub.add_parser(name, help=help_)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(func=getattr(module, handler))
+    return parser
 
 
-def _write(frame, folder, name: str, fmt: str) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{name}.{fmt}"
-    tmp = folder / f".{name}.{fmt}.tmp"  # dotfiles are ignored by ingest
-    if fmt == "csv":
-        frame.to_csv(tmp, index=False)
-    else:
-        frame.to_parquet(tmp, index=False)
-    os.replace(tmp, final)
-    return final.name
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(build_parser, argv)
 
 
-def generate(args: argparse.Namespace) -> int:
-    from airloop import config
-    from airloop.layout import layout
-    from airloop.spec import load_spec
-
-    if args.days < 1 or args.rows_per_day < 1:
-        raise AirloopError("--days and --rows-per-day must be >= 1")
-    settings = config.load()
-    spec = load_spec(args.project, settings.projects_dir)
-    make_day = generator_for(spec)
-    fmt = args.format or spec.raw["data"].get("format", "csv")
-    last = args.start_day + args.days - 1
-    start = args.start_date or (datetime.now(UTC).date() - timedelta(days=last + 1))
-    landing = layout(spec, settings).landing
-    for day in range(args.start_day, args.start_day + args.days):
-        frame = make_day(
-            spec, day, start=start, rows=args.rows_per_day,
-            drift_from_day=args.drift_from_day, seed=args.seed,
-        )
-        stem = f"{spec.name}_{(start + timedelta(days=day)).isoformat()}"
-        name = _write(frame, landing, stem, fmt)
-        print(f"{name}: {len(frame)} rows")
-    if args.corrupt:
-        from airloop.demo.churn import corrupt_batch
-
-        name = _write(corrupt_batch(spec, start=start, seed=args.seed), landing,
-                      f"{spec.name}_corrupt_{start.isoformat()}", fmt)
-        print(f"{name}: deliberately invalid")
-    return 0
+if __name__ == "__main__":
+    sys.exit(main())

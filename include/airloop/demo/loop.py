@@ -21,13 +21,23 @@ import argparse
 import json
 import shutil
 import time
-import urllib.error
-import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airloop.errors import AirloopError
+import mlflow
+import pandas as pd
+
+from airloop.core.errors import AirloopError
+from airloop.core.io import error_detail, http_json
+from airloop.core.layout import layout
+from airloop.core.settings import Settings
+from airloop.core.spec import load_spec
+from airloop.core.v2 import frame_columns, v2_request
+from airloop.demo import churn
+from airloop.demo.airflow import AirflowClient
+from airloop.demo.generate import write_batch
+from airloop.devstack.auth import admin_credentials
 
 BASE_DAYS = 14
 DRIFT_DAYS = 4
@@ -36,12 +46,11 @@ TRAFFIC_ROWS = 600
 BATCH = 20
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the whole loop on a demo project through the REST APIs")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``airloop demo``."""
     p.add_argument("--project", default="churn", help="demo project spec (needs data.generator)")
     p.add_argument("--keep", action="store_true", help="do not reset the project's state first")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for one DAG run")
-    p.set_defaults(func=run_demo)
 
 
 class Say:
@@ -52,30 +61,11 @@ class Say:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", flush=True)
 
 
-def _http_json(url: str, body: Any, timeout: float = 30.0) -> Any:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        raise AirloopError(f"POST {url} -> {exc.code}: {exc.read().decode()[:300]}") from exc
-
-
-def v2_request(frame, request_id: str) -> dict:
-    """A V2 (Open Inference Protocol) request with one input per column."""
-    inputs = []
-    for name in frame.columns:
-        col = frame[name]
-        if col.dtype.kind in "iu":
-            dtype, data = "INT64", [int(v) for v in col]
-        elif col.dtype.kind == "f":
-            dtype, data = "FP64", [float(v) for v in col]
-        else:
-            dtype, data = "BYTES", [str(v) for v in col]
-        inputs.append({"name": name, "shape": [len(frame)], "datatype": dtype, "data": data})
-    return {"id": request_id, "inputs": inputs, "parameters": {"content_type": "pd"}}
+def _post(url: str, body: Any) -> Any:
+    status, answer = http_json("POST", url, body)
+    if status != 200:
+        raise AirloopError(f"POST {url} -> {status}: {error_detail(answer)}")
+    return answer
 
 
 def send_traffic(endpoint: str, feedback_url: str, features, labels, say, tag: str) -> int:
@@ -83,8 +73,8 @@ def send_traffic(endpoint: str, feedback_url: str, features, labels, say, tag: s
     for start in range(0, len(features), BATCH):
         chunk = features.iloc[start : start + BATCH]
         rid = f"{tag}-{uuid.uuid4().hex[:12]}"
-        _http_json(endpoint, v2_request(chunk, rid))
-        _http_json(
+        _post(endpoint, v2_request(frame_columns(chunk), rid, parameters={"content_type": "pd"}))
+        _post(
             feedback_url,
             {
                 "labels": [
@@ -104,14 +94,10 @@ def _share(result: dict) -> str:
 
 
 def _reset(spec, settings, say) -> None:
-    from airloop.layout import layout
-
     root = layout(spec, settings).root
     if root.exists():
         shutil.rmtree(root)
     try:
-        import mlflow
-
         client = mlflow.MlflowClient(settings.tracking_uri)
         client.delete_registered_model(spec.model_name)
         say(f"reset: removed registered model {spec.model_name} and {root}")
@@ -121,18 +107,11 @@ def _reset(spec, settings, say) -> None:
         say(f"reset: cleared {root}")
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from airloop import config
-    from airloop.airflow_api import AirflowClient
-    from airloop.demo import churn
-    from airloop.layout import layout
-    from airloop.platform.auth import admin_credentials
-    from airloop.spec import load_spec
-
+def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """``airloop demo``: the loop above, on the platform ``settings`` describe."""
     say = Say()
-    settings = config.load()
     spec = load_spec(args.project, settings.projects_dir)
-    if not spec.raw["data"].get("generator"):
+    if not spec.data.generator:
         raise AirloopError(f"project {spec.name!r} has no data.generator; it cannot be demoed")
     user, password = admin_credentials(settings)
     airflow_url = f"http://{settings.host}:{settings.ports['airflow']}"
@@ -161,10 +140,7 @@ def run_demo(args: argparse.Namespace) -> int:
             frame = churn.generate_day(
                 spec, day, start=start, rows=ROWS_PER_DAY, drift_from_day=drift_day, seed=7
             )
-            name = f"{p}_{(start + timedelta(days=day)).isoformat()}.csv"
-            tmp = paths.landing / f".{name}.tmp"
-            frame.to_csv(tmp, index=False)
-            tmp.rename(paths.landing / name)
+            write_batch(frame, paths.landing, f"{p}_{(start + timedelta(days=day)).isoformat()}")
         say(f"landed {len(days)} daily files ({len(days) * ROWS_PER_DAY} rows) in {paths.landing}")
 
     def finish(dag_id: str, rid: str) -> dict:
@@ -228,12 +204,9 @@ def run_demo(args: argparse.Namespace) -> int:
     say(f"endpoint: {endpoint}")
 
     # 3. one prediction from entity ids only ---------------------------------------
-    import pandas as pd
-
     known = pd.read_parquet(paths.dataset_file, columns=[spec.entity_key])[spec.entity_key]
     ids = [int(i) for i in known.drop_duplicates().head(2)]
-    entity = pd.DataFrame({spec.entity_key: ids})
-    answer = _http_json(endpoint, v2_request(entity, f"demo-{uuid.uuid4().hex[:8]}"))
+    answer = _post(endpoint, v2_request({spec.entity_key: ids}, f"demo-{uuid.uuid4().hex[:8]}"))
     outputs = {o["name"]: o["data"] for o in answer["outputs"]}
     say(f"prediction for {spec.entity_key}={ids} (features from the online store): {outputs}")
 

@@ -12,22 +12,38 @@ from __future__ import annotations
 
 import argparse
 import json
-import urllib.error
-import urllib.request
+import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from airloop.errors import AirloopError
+from airloop.core import cli
+from airloop.core.errors import AirloopError
+from airloop.core.io import error_detail, http_json
+from airloop.core.layout import layout
+from airloop.core.settings import Settings
+from airloop.core.spec import load_spec
+from airloop.core.v2 import records_to_columns, v2_request
+from airloop.serving import feedback
+from airloop.serving.online.keys import coerce_entity
+
+#: The commands of this plane, with their one-line help.
+COMMANDS = {
+    "feedback": "append ground-truth labels (id,row,label) from a file",
+    "predict": "call the project's model endpoint (V2) and print the answer",
+}
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("feedback", help="append ground-truth labels (id,row,label) from a file")
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    parser = cli.parser("airloop", "Use a project's model endpoint and feedback log.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("feedback", help=COMMANDS["feedback"])
     p.add_argument("--project", required=True, help="project spec name")
     p.add_argument("--file", required=True, type=Path, help="labels as .csv (id,row,label) or .jsonl")
     p.set_defaults(func=feedback_command)
 
-    p = sub.add_parser("predict", help="call the project's model endpoint (V2) and print the answer")
+    p = sub.add_parser("predict", help=COMMANDS["predict"])
     p.add_argument("--project", required=True, help="project spec name")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--entity", action="append", help="entity id (repeatable): features "
@@ -37,15 +53,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", default=None, help="model server URL (default: settings)")
     p.add_argument("--id", default=None, help="request id (default: a new uuid4)")
     p.set_defaults(func=predict_command)
+    return parser
 
 
-def feedback_command(args: argparse.Namespace) -> int:
-    from airloop import config
-    from airloop.layout import layout
-    from airloop.serving import feedback
-    from airloop.spec import load_spec
-
-    settings = config.load()
+def feedback_command(args: argparse.Namespace, settings: Settings) -> int:
     spec = load_spec(args.project, settings.projects_dir)
     labels = feedback.read_file(args.file)
     folder = layout(spec, settings).feedback
@@ -54,38 +65,20 @@ def feedback_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _input(name: str, values: list) -> dict[str, Any]:
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        dtype = "INT64"
-    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        dtype = "FP64"
-    elif all(isinstance(v, bool) for v in values):
-        dtype = "BOOL"
-    else:
-        dtype = "BYTES"
-    return {"name": name, "shape": [len(values)], "datatype": dtype, "data": values}
-
-
 def build_request(doc: Any, request_id: str) -> dict[str, Any]:
     """A V2 request from a V2 request, a list of records or a {column: values} object."""
     if isinstance(doc, dict) and "inputs" in doc:
         return {"id": request_id, **doc}
     if isinstance(doc, list) and doc and all(isinstance(r, dict) for r in doc):
-        names = list(dict.fromkeys(k for r in doc for k in r))
-        doc = {n: [r.get(n) for r in doc] for n in names}
+        doc = records_to_columns(doc)
     if isinstance(doc, dict) and doc and all(isinstance(v, list) for v in doc.values()):
-        return {"id": request_id, "inputs": [_input(k, v) for k, v in doc.items()]}
+        return v2_request(doc, request_id)
     raise AirloopError(
         "--json must hold a V2 request, a list of records or a {column: [values]} object"
     )
 
 
-def predict_command(args: argparse.Namespace) -> int:
-    from airloop import config
-    from airloop.serving.online import coerce_entity
-    from airloop.spec import load_spec
-
-    settings = config.load()
+def predict_command(args: argparse.Namespace, settings: Settings) -> int:
     spec = load_spec(args.project, settings.projects_dir)
     rid = args.id or str(uuid.uuid4())
     if args.entity:
@@ -104,19 +97,16 @@ def predict_command(args: argparse.Namespace) -> int:
         request = build_request(doc, rid)
     base = (args.url or settings.model_server_url).rstrip("/")
     url = f"{base}/v2/models/{spec.serving_name}/infer"
-    req = urllib.request.Request(url, data=json.dumps(request).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            answer = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode(errors="replace")
-        try:
-            body = json.loads(body).get("error", body)
-        except (ValueError, AttributeError):
-            pass
-        raise AirloopError(f"{url} -> {exc.code}: {body}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise AirloopError(f"model server {base} is unreachable: {exc}") from None
+    status, answer = http_json("POST", url, request, timeout=60)
+    if status != 200:
+        raise AirloopError(f"{url} -> {status}: {error_detail(answer)}")
     print(json.dumps(answer, indent=2))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(build_parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

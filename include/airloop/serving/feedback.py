@@ -1,7 +1,7 @@
 """Ground-truth labels by request id: validation shared by the endpoint and the CLI.
 
 A label record is ``{"id": "<request id>", "row": 0, "label": 1}`` (``row`` defaults to
-0); it is appended to the project's feedback log (:mod:`airloop.predlog`) with a ``ts``.
+0); it is appended to the project's feedback log (:mod:`airloop.core.predlog`) with a ``ts``.
 A batch is validated as a whole: one bad record rejects the batch, nothing is written.
 Standard library only (imported by the model server and by ``airloop feedback``).
 """
@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from airloop.errors import AirloopError
-from airloop.predlog import JsonlLog
+from airloop.core.errors import AirloopError
+from airloop.core.predlog import JsonlLog
 
 MAX_LABELS = 100_000
 

@@ -1,0 +1,108 @@
+"""Secrets and credentials of the local Airflow (SimpleAuthManager).
+
+Generated once under ``$AIRLOOP_HOME/airflow`` with mode 0600 and reused on every
+``airloop up``: the admin passwords file, and one JWT secret / API secret key /
+Fernet key shared by every Airflow component (a mismatch breaks task execution).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from airloop.core.settings import Settings
+from airloop.core.errors import AirloopError
+
+ADMIN_USER = "admin"
+
+
+def airflow_home(settings: Settings) -> Path:
+    return settings.home / "airflow"
+
+
+def passwords_file(settings: Settings) -> Path:
+    return airflow_home(settings) / "simple_auth_manager_passwords.json"
+
+
+def secrets_file(settings: Settings) -> Path:
+    return airflow_home(settings) / "secrets.json"
+
+
+def _write_private(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+        fh.write("\n")
+    os.chmod(path, 0o600)
+
+
+def ensure_secrets(settings: Settings) -> dict:
+    """Create (once) and return ``{"jwt_secret", "secret_key", "fernet_key"}``.
+
+    Idempotent: an existing file is kept; missing keys are added."""
+    path = secrets_file(settings)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    changed = False
+    if len(data.get("jwt_secret", "")) < 64:
+        data["jwt_secret"] = secrets.token_urlsafe(64)  # 86 chars, 512 bits
+        changed = True
+    if not data.get("secret_key"):
+        data["secret_key"] = secrets.token_urlsafe(32)
+        changed = True
+    if not data.get("fernet_key"):
+        data["fernet_key"] = base64.urlsafe_b64encode(os.urandom(32)).decode()
+        changed = True
+    if changed or (path.stat().st_mode & 0o777) != 0o600:
+        _write_private(path, data)
+    return data
+
+
+def ensure_admin_password(settings: Settings) -> str:
+    """Create (once) the SimpleAuthManager passwords file and return admin's password."""
+    path = passwords_file(settings)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    if not data.get(ADMIN_USER):
+        data[ADMIN_USER] = secrets.token_urlsafe(12)
+        _write_private(path, data)
+    elif (path.stat().st_mode & 0o777) != 0o600:
+        os.chmod(path, 0o600)
+    return data[ADMIN_USER]
+
+
+def admin_credentials(settings: Settings) -> tuple[str, str]:
+    """Return ``(user, password)`` of the local Airflow admin.
+
+    Raises AirloopError when the platform was never started under this home."""
+    path = passwords_file(settings)
+    try:
+        return ADMIN_USER, json.loads(path.read_text())[ADMIN_USER]
+    except (FileNotFoundError, KeyError, json.JSONDecodeError) as exc:
+        raise AirloopError(f"no Airflow admin password in {path}; run `airloop up` first") from exc
+
+
+def airflow_token(settings: Settings, base_url: str | None = None) -> str:
+    """Return a JWT for the Airflow REST API (``Authorization: Bearer <token>``).
+
+    POSTs the admin credentials to ``<base_url>/auth/token`` (SimpleAuthManager);
+    ``base_url`` defaults to the local api-server."""
+    base_url = (base_url or f"http://{settings.host}:{settings.ports['airflow']}").rstrip("/")
+    user, password = admin_credentials(settings)
+    req = urllib.request.Request(
+        f"{base_url}/auth/token",
+        data=json.dumps({"username": user, "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())["access_token"]
+    except urllib.error.HTTPError as exc:
+        raise AirloopError(f"Airflow token request to {base_url} failed: HTTP {exc.code}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise AirloopError(f"Airflow api-server at {base_url} is not reachable: {exc}") from exc
