@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENVS ?= .venvs
 PROJECT ?= churn
 
-.PHONY: help bootstrap up down status demo test test-control test-runtime test-e2e bench clean
+.PHONY: help bootstrap up down status demo test test-control test-runtime test-e2e bench schema lint-imports clean
 
 help:
 	@echo "make demo   - install what is missing, start the platform, run the whole loop on '$(PROJECT)'"
@@ -32,6 +32,14 @@ test: bootstrap
 
 bench: bootstrap
 	@bash scripts/bench.sh
+
+# The project spec's JSON schema is generated from the pydantic models (airloop.core.spec).
+schema:
+	@$(VENVS)/control/bin/python -m airloop.core.spec > include/airloop/core/schemas/project.schema.json
+
+# The plane contracts ([tool.importlinter] in pyproject.toml); also run by the control tier.
+lint-imports:
+	@PYTHONPATH=plugins $(VENVS)/control/bin/lint-imports --no-cache
 
 clean:
 	-@$(VENVS)/control/bin/airloop down

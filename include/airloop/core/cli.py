@@ -27,6 +27,16 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def command_parser(sub: argparse._SubParsersAction, name: str, help_: str
+                   ) -> argparse.ArgumentParser:
+    """A sub-command that also takes the common options after its name
+    (``airloop status -v`` as well as ``airloop -v status``)."""
+    p = sub.add_parser(name, help=help_, description=help_)
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="debug logging")
+    return p
+
+
 def run(build: Callable[[Sequence[str]], argparse.ArgumentParser],
         argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (``sys.argv[1:]``) with ``build(argv)``, read the settings once and

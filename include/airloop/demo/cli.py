@@ -29,7 +29,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = cli.command(argv, COMMANDS)
     for name, (help_, module_name, handler) in _IMPLEMENTATION.items():
-        p = sub.add_parser(name, help=help_)
+        p = cli.command_parser(sub, name, help_)
         if name == chosen:
             module = importlib.import_module(module_name)
             module.add_arguments(p)

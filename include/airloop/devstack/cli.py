@@ -47,7 +47,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The devstack's parser: ``up``, ``down``, ``status`` and ``logs``."""
     parser = cli.parser("airloop", "The local platform (embedded defaults, one machine).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("up", help=COMMANDS["up"])
+    p = cli.command_parser(sub, "up", COMMANDS["up"])
     p.add_argument(
         "--database-url",
         default=None,
@@ -59,15 +59,15 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for health")
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("down", help=COMMANDS["down"])
+    p = cli.command_parser(sub, "down", COMMANDS["down"])
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the stop")
     p.set_defaults(func=cmd_down)
 
-    p = sub.add_parser("status", help=COMMANDS["status"])
+    p = cli.command_parser(sub, "status", COMMANDS["status"])
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("logs", help=COMMANDS["logs"])
+    p = cli.command_parser(sub, "logs", COMMANDS["logs"])
     p.add_argument("component", nargs="?", help="e.g. scheduler, airflow-api-server, mlflow")
     p.add_argument("-n", type=int, default=50, help="lines to show (default 50)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")

@@ -31,7 +31,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
     chosen = cli.command(argv, STEP_MODULES)
     for name, help_ in COMMANDS.items():
-        p = sub.add_parser(name, help=help_)
+        p = cli.command_parser(sub, name, help_)
         p.add_argument("--project", required=True, help="project spec name")
         p.add_argument(
             "--run-id",

@@ -38,12 +38,12 @@ COMMANDS = {
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = cli.parser("airloop", "Use a project's model endpoint and feedback log.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("feedback", help=COMMANDS["feedback"])
+    p = cli.command_parser(sub, "feedback", COMMANDS["feedback"])
     p.add_argument("--project", required=True, help="project spec name")
     p.add_argument("--file", required=True, type=Path, help="labels as .csv (id,row,label) or .jsonl")
     p.set_defaults(func=feedback_command)
 
-    p = sub.add_parser("predict", help=COMMANDS["predict"])
+    p = cli.command_parser(sub, "predict", COMMANDS["predict"])
     p.add_argument("--project", required=True, help="project spec name")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--entity", action="append", help="entity id (repeatable): features "
