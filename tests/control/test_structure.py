@@ -54,7 +54,7 @@ def test_a_forbidden_import_breaks_its_contract(tmp_path, module, bad_import, co
 
 
 LIGHT = ["mlflow", "ray", "feast", "pandas", "numpy", "sklearn", "evidently",
-         "great_expectations", "dvc", "mlserver", "airflow", "kubernetes"]
+         "great_expectations", "dvc", "mlserver", "airflow", "kubernetes", "psycopg2"]
 
 
 @pytest.mark.parametrize("module", ["airloop.cli", "airloop.runtime.cli", "airloop.devstack.cli",

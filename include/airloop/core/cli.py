@@ -11,13 +11,14 @@ leaves its traceback above that line, for the log).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 
 from airloop.core.errors import AirloopError
-from airloop.core.settings import disable_telemetry, load
+from airloop.core.settings import Settings, disable_telemetry, load
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -35,6 +36,18 @@ def command_parser(sub: argparse._SubParsersAction, name: str, help_: str
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="debug logging")
     return p
+
+
+def handler(target: str) -> Callable[[argparse.Namespace, Settings], int]:
+    """The command ``"module:function"``, imported when it runs: a plane's CLI module
+    stays light at import, and only the command asked for loads its libraries."""
+    module_name, _, name = target.partition(":")
+
+    def call(args: argparse.Namespace, settings: Settings) -> int:
+        return getattr(importlib.import_module(module_name), name)(args, settings)
+
+    call.__qualname__ = call.__name__ = name
+    return call
 
 
 def run(build: Callable[[Sequence[str]], argparse.ArgumentParser],

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from airloop.core.settings import Settings
 from airloop.core.errors import AirloopError
+from airloop.core.io import write_json
 
 ADMIN_USER = "admin"
 
@@ -31,15 +32,6 @@ def passwords_file(settings: Settings) -> Path:
 
 def secrets_file(settings: Settings) -> Path:
     return airflow_home(settings) / "secrets.json"
-
-
-def _write_private(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-        fh.write("\n")
-    os.chmod(path, 0o600)
 
 
 def ensure_secrets(settings: Settings) -> dict:
@@ -59,7 +51,7 @@ def ensure_secrets(settings: Settings) -> dict:
         data["fernet_key"] = base64.urlsafe_b64encode(os.urandom(32)).decode()
         changed = True
     if changed or (path.stat().st_mode & 0o777) != 0o600:
-        _write_private(path, data)
+        write_json(path, data, mode=0o600)
     return data
 
 
@@ -69,7 +61,7 @@ def ensure_admin_password(settings: Settings) -> str:
     data = json.loads(path.read_text()) if path.exists() else {}
     if not data.get(ADMIN_USER):
         data[ADMIN_USER] = secrets.token_urlsafe(12)
-        _write_private(path, data)
+        write_json(path, data, mode=0o600)
     elif (path.stat().st_mode & 0o777) != 0o600:
         os.chmod(path, 0o600)
     return data[ADMIN_USER]

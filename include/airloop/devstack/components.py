@@ -20,6 +20,7 @@ from pathlib import Path
 
 from airloop.core.settings import NO_TELEMETRY, REPO_ROOT, Settings
 from airloop.core.errors import AirloopError
+from airloop.core.io import atomic_write, write_json
 from airloop.core.naming import ray_temp_dir
 from airloop.devstack import auth
 
@@ -179,14 +180,10 @@ def platform_env(settings: Settings, database_url: str | None, ray_cluster: bool
 def write_env_file(settings: Settings, env: dict[str, str]) -> Path:
     """Write ``run/env.sh`` (``export K=V`` lines, mode 0600: it holds the Airflow secrets)."""
     path = settings.run_dir / "env.sh"
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# airloop local platform environment: source this file", *(
         f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())
     )]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    return path
+    return atomic_write(path, "\n".join(lines) + "\n", mode=0o600)
 
 
 def write_mlserver_settings(settings: Settings) -> Path:
@@ -209,7 +206,7 @@ def write_mlserver_settings(settings: Settings) -> Path:
             "parallel_workers": 0,
         }
     )
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    write_json(path, data)
     return path
 
 

@@ -8,8 +8,8 @@ same, plus the GCS node table (:func:`ray_nodes`, read at most once per
 :data:`RAY_PROBE_TTL` seconds through the runtime environment, which has Ray) lists
 at least two ALIVE nodes.
 
-``python -m airloop.devstack.health ray-nodes <host:port>`` (runtime environment)
-prints the ALIVE nodes as JSON; the control environment runs it as a subprocess.
+The GCS node table is read by :mod:`airloop.devstack.rayprobe`, run with the runtime
+environment's Python (it needs Ray) as a subprocess.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
+import psycopg2
+
+from airloop.core.errors import AirloopError
+from airloop.core.io import http_json
 from airloop.devstack.components import Component
 
 #: Seconds a GCS node-table probe is reused (positive and negative alike): a probe
@@ -32,21 +33,13 @@ RAY_PROBE_TTL = 5.0
 _ray_probes: dict[str, tuple[float, list[dict] | None, str]] = {}
 
 
-def _get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read() or b""
-
-
 def airflow_health(base_url: str) -> dict | None:
     """The parsed ``/api/v2/monitor/health`` body, or None when unreachable."""
     try:
-        status, body = _get(f"{base_url}/api/v2/monitor/health")
-        return json.loads(body) if status == 200 else None
-    except (OSError, ValueError):
+        status, body = http_json("GET", f"{base_url}/api/v2/monitor/health", timeout=3.0)
+    except AirloopError:
         return None
+    return body if status == 200 and isinstance(body, dict) else None
 
 
 def check(comp: Component, cache: dict) -> tuple[bool, str]:
@@ -55,8 +48,6 @@ def check(comp: Component, cache: dict) -> tuple[bool, str]:
     kind = comp.health
     try:
         if kind == "postgres":
-            import psycopg2
-
             parts = urllib.parse.urlsplit(comp.url)
             conn = psycopg2.connect(
                 host=parts.hostname, port=parts.port, user=parts.username or "postgres",
@@ -65,7 +56,7 @@ def check(comp: Component, cache: dict) -> tuple[bool, str]:
             conn.close()
             return True, "accepting connections"
         if kind.startswith("http:"):
-            status, _ = _get(comp.url + kind[5:])
+            status, _ = http_json("GET", comp.url + kind[5:], timeout=3.0)
             return status == 200, f"HTTP {status}"
         if kind == "airflow-api" or kind.startswith("airflow-job:"):
             if "airflow" not in cache:
@@ -131,7 +122,7 @@ def _probe_ray(comp: Component, address: str) -> tuple[list[dict] | None, str]:
     python = str(Path(comp.argv[0]).with_name("python"))
     try:
         out = subprocess.run(
-            [python, "-m", "airloop.devstack.health", "ray-nodes", address],
+            [python, "-m", "airloop.devstack.rayprobe", address],
             capture_output=True, text=True, timeout=60,
         )
         if out.returncode == 0:
@@ -144,48 +135,3 @@ def _probe_ray(comp: Component, address: str) -> tuple[list[dict] | None, str]:
         result = (None, "GCS probe timed out")
     _ray_probes[address] = (time.monotonic(), *result)
     return result
-
-
-def ray_nodes(address: str, timeout: float = 10.0) -> list[dict]:
-    """ALIVE nodes in the GCS node table of the Ray cluster at ``host:port``:
-    ``[{"node_id", "is_head", "address", "start_time_ms"}]``.
-
-    Reads the GCS directly (no driver joins the cluster, no dashboard needed). Needs
-    the ``ray`` package (runtime environment); raises when the GCS does not answer.
-    """
-    from ray._raylet import GcsClient
-
-    client = GcsClient(address=address)
-    infos = client.get_all_node_info(timeout=timeout)
-    alive = []
-    for node_id, info in infos.items():
-        if info.state != 0:  # GcsNodeInfo.GcsNodeState: 0 ALIVE, 1 DEAD
-            continue
-        alive.append({
-            "node_id": node_id.hex() if hasattr(node_id, "hex") else str(node_id),
-            "is_head": bool(info.is_head_node),
-            "address": f"{info.node_manager_address}:{info.node_manager_port}",
-            "start_time_ms": int(info.start_time_ms),
-        })
-    return sorted(alive, key=lambda n: (not n["is_head"], n["start_time_ms"]))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m airloop.devstack.health ray-nodes <host:port>``: the ALIVE nodes as
-    JSON on stdout; exit 1 with one line on stderr when the GCS does not answer."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "ray-nodes":
-        print("usage: python -m airloop.devstack.health ray-nodes <host:port>", file=sys.stderr)
-        return 2
-    try:
-        nodes = ray_nodes(args[1])
-    except Exception as exc:  # GCS unreachable, timeout, version mismatch
-        text = str(exc).strip().splitlines()
-        print(f"GCS {args[1]}: {text[0][:120] if text else type(exc).__name__}", file=sys.stderr)
-        return 1
-    print(json.dumps(nodes))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

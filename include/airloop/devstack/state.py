@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from airloop.core.io import write_json
 from airloop.core.settings import Settings
 
 
@@ -35,11 +36,7 @@ def read_state(settings: Settings) -> dict:
 
 def write_state(settings: Settings, state: dict) -> None:
     """Atomically replace the state file."""
-    path = state_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_json(state_path(settings), state)
 
 
 def pid_alive(pid: int | None) -> bool:
