@@ -19,10 +19,10 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.python import BranchPythonOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
-
 from airloop.core.errors import AirloopError, SpecError
 from airloop.core.settings import Settings, load
 from airloop.core.spec import load_spec_file, spec_files
+
 from airloop_ops import assets
 from airloop_ops.factory import step_operator
 

@@ -19,9 +19,10 @@ from airloop.core.errors import AirloopError
 from airloop.core.settings import Settings
 from airloop.core.spec import STEPS
 
+from airloop_ops.local import LocalStepOperator
+
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
-
     from airloop.core.spec import ProjectSpec
 
 RUN_ID = "{{ run_id }}"
@@ -57,8 +58,6 @@ def step_operator(
         return pods.pod_operator(
             spec, step, settings, task_id=task_id, arguments=arguments, **kwargs
         )
-    from airloop_ops.local import LocalStepOperator
-
     return LocalStepOperator(
         task_id=task_id, arguments=arguments, runtime_cli=str(settings.venv_tool("runtime", "airloop")),
         **kwargs,

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
-from kubernetes.client import models as k8s
-
 from airloop.core.naming import label, tenant_namespace
+from kubernetes.client import models as k8s
 
 if TYPE_CHECKING:
     from airloop.core.settings import Settings

@@ -145,23 +145,6 @@ class TestFeast:
         assert "redis.example:6379" in by_kind(ext, "ConfigMap", "airloop-feast")[0]["data"]["feature_store.yaml"]
 
 
-    @pytest.mark.parametrize("values", [{}, {"feast": {"redis": {"enabled": False,
-                                                                  "externalUrl": "redis.example:6380"}}}])
-    def test_steps_and_feature_server_use_the_same_redis(self, values):
-        """AIRLOOP_FEAST_ONLINE (tenant env) is what airloop.runtime.features.store accepts, and
-        names the Redis of the feature server's feature_store.yaml."""
-        from airloop.core.settings import load as load_settings
-        from airloop.runtime.features import store
-
-        objs = render_chart(values)
-        feast_yaml = yaml.safe_load(by_kind(objs, "ConfigMap", "airloop-feast")[0]["data"]["feature_store.yaml"])
-        server_conn = feast_yaml["online_store"]["connection_string"]
-        url = by_kind(objs, "ConfigMap", "airloop-runtime-env")[0]["data"]["AIRLOOP_FEAST_ONLINE"]
-        assert url == f"redis://{server_conn}/0"
-        settings = load_settings({"AIRLOOP_FEAST_ONLINE": url})
-        assert store._online_config(None, settings) == {
-            "type": "redis", "connection_string": f"{server_conn},db=0"}
-
     def test_redis_exporter_sidecar_service_port_and_monitor(self):
         objs = render_chart()
         (sts,) = by_kind(objs, "StatefulSet", "airloop-redis")

@@ -8,7 +8,9 @@ Feast project (and its Redis keys) never collides with parallel runs.
 
 from __future__ import annotations
 
+import sys
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -52,6 +54,16 @@ def project(airloop_home, tmp_path_factory, mp):
     return spec, settings, data
 
 
+@pytest.fixture(scope="module")
+def materialized(project):
+    """The project after its first materialization: ``(spec, settings, data, result)``.
+    One fixture, so that no test depends on another having materialized first."""
+    from airloop.runtime.steps import materialize
+
+    spec, settings, data = project
+    return spec, settings, data, materialize.run(spec, run_id="m-1", settings=settings)
+
+
 def _latest(spec, data):
     return data.sort_values(spec.timestamp).groupby(spec.entity_key).tail(1).set_index(
         spec.entity_key
@@ -79,11 +91,10 @@ def test_repo_objects_follow_the_spec(project):
     assert [p.name for p in service.feature_view_projections] == [v.name for v in views]
 
 
-def test_materialize_writes_the_window_once(project):
+def test_materialize_writes_the_window_once(materialized):
     from airloop.runtime.steps import materialize
 
-    spec, settings, data = project
-    first = materialize.run(spec, run_id="m-1", settings=settings)
+    spec, settings, data, first = materialized
     assert first["views"] == ["customer_profile", "customer_activity"]
     assert first["online"] == "sqlite" and layout(spec, settings).online_store.is_file()
     assert datetime.fromisoformat(first["window"]["start"]) < data[spec.timestamp].min()
@@ -95,10 +106,10 @@ def test_materialize_writes_the_window_once(project):
     assert again["rows"] == 0 and again["entities"] == 0
 
 
-def test_online_features_are_each_entitys_latest_values(project):
+def test_online_features_are_each_entitys_latest_values(materialized):
     from airloop.runtime.features import store
 
-    spec, settings, data = project
+    spec, settings, data, _ = materialized
     latest = _latest(spec, data)
     # Prefer customers seen more than once: their online value must be the newest one.
     repeat = data[spec.entity_key].value_counts()
@@ -199,15 +210,14 @@ def test_training_frame_without_dataset_says_ingest_first(airloop_home, tmp_path
             store.training_frame(spec, settings)
 
 
-def test_model_server_reader_sees_what_materialize_wrote(project):
+def test_model_server_reader_sees_what_materialize_wrote(materialized):
     """The model server reads Feast's SQLite tables itself (no Feast next to MLServer):
     with the settings the deploy step hands it, it must return the SDK's values."""
     from airloop.runtime.features import store
     from airloop.serving.online import OnlineReader
     from airloop.runtime.steps.deploy import runtime_extra
 
-    spec, settings, data = project
-    store.materialize(spec, settings)  # idempotent; makes this test order-independent
+    spec, settings, data, _ = materialized
     extra = runtime_extra(spec, settings, "1")
     assert extra["online_store"] == store.online_location(spec, settings)
     latest = _latest(spec, data)
@@ -297,3 +307,34 @@ def test_late_rows_reach_the_online_store(airloop_home, tmp_path_factory):
         # Nothing new: the next run starts at the last end again.
         again = materialize.run(spec, run_id="late-m3", settings=settings)
         assert again["window"]["start"] == out["window"]["end"] and again["rows"] == 0
+
+
+@pytest.mark.parametrize("values", [
+    {}, {"feast": {"redis": {"enabled": False, "externalUrl": "redis.example:6380"}}},
+])
+def test_steps_and_feature_server_use_the_same_redis(values):
+    """The chart's tenant env (AIRLOOP_FEAST_ONLINE) is what the runtime's feature store
+    accepts, and names the Redis of the feature server's feature_store.yaml. (Here, not
+    in the control tier: it needs the runtime's Feast code; the chart is rendered with
+    the same helper the chart tests use.)"""
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "control"))
+    from chart_utils import render_chart
+
+    from airloop.core.settings import load as load_settings
+    from airloop.runtime.features import store
+
+    objs = render_chart(values)
+
+    def data(name: str) -> dict:
+        return next(o["data"] for o in objs
+                    if o["kind"] == "ConfigMap" and o["metadata"]["name"] == name)
+
+    feast_yaml = yaml.safe_load(data("airloop-feast")["feature_store.yaml"])
+    server_conn = feast_yaml["online_store"]["connection_string"]
+    url = data("airloop-runtime-env")["AIRLOOP_FEAST_ONLINE"]
+    assert url == f"redis://{server_conn}/0"
+    settings = load_settings({"AIRLOOP_FEAST_ONLINE": url})
+    assert store._online_config(None, settings) == {
+        "type": "redis", "connection_string": f"{server_conn},db=0"}

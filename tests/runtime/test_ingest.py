@@ -10,31 +10,33 @@ from datetime import date, timedelta
 
 import pandas as pd
 import pytest
-
 from airloop.core import settings as config
-from airloop.runtime import versioning
-from airloop.demo import churn
 from airloop.core.errors import ValidationFailed
 from airloop.core.layout import layout
 from airloop.core.spec import load_spec
+from airloop.demo import churn
+from airloop.runtime import versioning
+from airloop.runtime.steps import ingest
 
 START = date(2026, 10, 1)
 
 
-@pytest.fixture(scope="module")
-def env(airloop_home, tmp_path_factory, monkeypatch_module):
-    home = tmp_path_factory.mktemp("ingest-home")
-    monkeypatch_module.setenv("AIRLOOP_HOME", str(home))
-    monkeypatch_module.delenv("AIRLOOP_FEAST_ONLINE", raising=False)
-    settings = config.load()
+@pytest.fixture
+def env(airloop_home, tmp_path):
+    """A fresh home per test: each test builds the state it needs (any order, alone)."""
+    settings = config.load(home=tmp_path / "home", feast_online=None)
     spec = load_spec("churn", settings.projects_dir)
     return spec, settings, layout(spec, settings)
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
+def _two_days_ingested(env) -> str:
+    """Days 0 and 1 landed and ingested by run ``run-1``; returns the data version."""
+    spec, settings, paths = env
+    _land(paths, spec, 0)
+    _land(paths, spec, 1)
+    out = ingest.run(spec, run_id="run-1", settings=settings)
+    assert out["files"] == 2 and out["total_rows"] == 400
+    return out["data_version"]
 
 
 def _land(paths, spec, day, rows=200, name=None, frame=None):
@@ -46,8 +48,6 @@ def _land(paths, spec, day, rows=200, name=None, frame=None):
 
 
 def test_ingest_quarantines_bad_files_and_keeps_good_ones(env):
-    from airloop.runtime.steps import ingest
-
     spec, settings, paths = env
     _land(paths, spec, 0)
     _land(paths, spec, 1)
@@ -93,10 +93,8 @@ def test_ingest_quarantines_bad_files_and_keeps_good_ones(env):
 
 
 def test_reingest_is_idempotent_and_versions_change_with_data(env):
-    from airloop.runtime.steps import ingest
-
     spec, settings, paths = env
-    before = versioning.current_version(spec, settings)
+    before = _two_days_ingested(env)
     out = ingest.run(spec, run_id="run-2", settings=settings)
     assert out["files"] == 0 and out["rows_added"] == 0 and out["data_version"] == before
     # The same rows again (a producer re-sent a day) add nothing and keep the version.
@@ -113,9 +111,8 @@ def test_reingest_is_idempotent_and_versions_change_with_data(env):
 
 def test_unparseable_and_fractional_values_are_reported_not_coerced(env):
     """A bad timestamp or a fractional count must not become a null or a truncated int."""
-    from airloop.runtime.steps import ingest
-
     spec, settings, paths = env
+    _two_days_ingested(env)
     before = len(pd.read_parquet(paths.dataset_file))
     frame = churn.generate_day(spec, 20, start=START, rows=80)
     frame[spec.timestamp] = frame[spec.timestamp].astype(str)

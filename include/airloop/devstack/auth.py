@@ -15,9 +15,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from airloop.core.settings import Settings
 from airloop.core.errors import AirloopError
 from airloop.core.io import write_json
+from airloop.core.settings import Settings
 
 ADMIN_USER = "admin"
 

@@ -18,10 +18,10 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airloop.core.settings import NO_TELEMETRY, REPO_ROOT, Settings
 from airloop.core.errors import AirloopError
 from airloop.core.io import atomic_write, write_json
 from airloop.core.naming import ray_temp_dir
+from airloop.core.settings import NO_TELEMETRY, REPO_ROOT, Settings
 from airloop.devstack import auth
 
 

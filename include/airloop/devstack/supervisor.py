@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
+import stat
 import subprocess
 import sys
 import time
 import uuid
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql
 
 from airloop.core.settings import Settings, load
 from airloop.devstack import components as C
@@ -100,9 +106,7 @@ def init_pgdata(settings: Settings, run_as: str | None) -> None:
         return
     pgdata.mkdir(parents=True, exist_ok=True)
     if run_as:
-        import pwd
-        import stat
-
+        # The pgserver wheel is in the control environment only (where the supervisor runs).
         from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions
 
         ensure_prefix_permissions(pgdata)
@@ -122,9 +126,6 @@ def init_pgdata(settings: Settings, run_as: str | None) -> None:
 
 def ensure_databases(db: C.Database) -> None:
     """Create the Airflow and MLflow databases if missing (raises while PG is down)."""
-    import psycopg2
-    from psycopg2 import sql
-
     conn = psycopg2.connect(connect_timeout=3, **db.admin_dsn)
     conn.autocommit = True
     try:
@@ -138,8 +139,6 @@ def ensure_databases(db: C.Database) -> None:
 
 
 def _airflow_revision(db: C.Database) -> str | None:
-    import psycopg2
-
     try:
         conn = psycopg2.connect(connect_timeout=3, **{**db.admin_dsn, "dbname": db.airflow_db})
     except Exception:
@@ -156,8 +155,6 @@ def _airflow_revision(db: C.Database) -> str | None:
 
 
 def _airflow_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("apache-airflow")
     except PackageNotFoundError:

@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import great_expectations as gx
+import pandas as pd
+from great_expectations.data_context.types.base import ProgressBarsConfig
+
 
 @dataclass
 class Outcome:
@@ -22,8 +26,6 @@ class Outcome:
 
 def coerce(frame, spec):
     """Cast columns to the spec's types (bad values → null); unknown columns stay."""
-    import pandas as pd
-
     out = frame.copy()
     if spec.timestamp in out:
         out[spec.timestamp] = pd.to_datetime(out[spec.timestamp], utc=True, errors="coerce")
@@ -43,8 +45,6 @@ def coerce(frame, spec):
 
 def expectations(spec) -> list:
     """The GX expectations a landing batch must meet, derived from the spec."""
-    import great_expectations as gx
-
     e = gx.expectations
     columns = [spec.entity_key, spec.timestamp, *[c.name for c in spec.columns], spec.label]
     out = [
@@ -73,16 +73,10 @@ class Validator:
     """One GX context and suite, many batches."""
 
     def __init__(self, spec):
-        import great_expectations as gx
-
         self.spec = spec
         self.context = gx.get_context(mode="ephemeral")
-        try:  # no tqdm bars in task logs
-            from great_expectations.data_context.types.base import ProgressBarsConfig
-
-            self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        except (ImportError, AttributeError):
-            pass
+        # no tqdm bars in task logs
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         source = self.context.data_sources.add_pandas(name=f"{spec.name}_landing")
         asset = source.add_dataframe_asset(name="batch")
         self.batch_definition = asset.add_batch_definition_whole_dataframe("whole")

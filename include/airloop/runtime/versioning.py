@@ -12,19 +12,18 @@ which DVC would take for a second stage).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+
+import yaml
+from dvc.repo import Repo
 
 from airloop.core.errors import AirloopError
 from airloop.core.layout import layout
 
 
 def _repo(root: Path, remote: Path):
-    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    from dvc.repo import Repo
-
     if not (root / ".dvc").is_dir():
         Repo.init(str(root), no_scm=True)
     repo = Repo(str(root))
@@ -37,8 +36,6 @@ def _repo(root: Path, remote: Path):
 
 
 def _md5(dvc_file: Path) -> str:
-    import yaml
-
     meta = yaml.safe_load(dvc_file.read_text())
     return meta["outs"][0]["md5"]
 

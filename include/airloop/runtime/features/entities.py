@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from feast import Entity, ValueType
+
 
 def entity(spec):
-    from feast import Entity, ValueType
-
     value_type = ValueType.INT64 if spec.entity_dtype == "int64" else ValueType.STRING
     return Entity(
         name=spec.entity_name,

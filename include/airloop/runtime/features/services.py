@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from feast import FeatureService
+
 
 def feature_service(spec, views: list):
-    from feast import FeatureService
-
     return FeatureService(
         name=spec.feature_service,
         features=views,

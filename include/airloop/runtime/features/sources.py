@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from feast import FileSource
+
+from airloop.core.layout import layout
+
 
 def dataset_source(spec, settings):
-    from feast import FileSource
-
-    from airloop.core.layout import layout
-
     return FileSource(
         name=f"{spec.name}_dataset",
         path=str(layout(spec, settings).dataset_file),

@@ -9,17 +9,26 @@ Registry: a file under the project folder. Everything through the Python API —
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from urllib.parse import urlparse
+
+import pandas as pd
+from feast import FeatureStore, RepoConfig
+from feast.errors import FeatureServiceNotFoundException
 
 from airloop.core.errors import AirloopError
 from airloop.core.layout import layout
+from airloop.runtime import versioning
+from airloop.runtime.features.entities import entity
+from airloop.runtime.features.services import feature_service
+from airloop.runtime.features.sources import dataset_source
+from airloop.runtime.features.views import feature_views
 
 
 def _online_config(spec, settings):
     url = settings.feast_online  # validated: a redis:// URL or None
     if url:
-        from urllib.parse import urlparse
-
         parsed = urlparse(url)
         db = (parsed.path or "/0").lstrip("/") or "0"
         conn = f"{parsed.hostname}:{parsed.port or 6379},db={db}"
@@ -41,19 +50,12 @@ def online_location(spec, settings) -> str:
 
 def repo_objects(spec, settings) -> list:
     """Entity, source, feature views and the feature service of the project."""
-    from airloop.runtime.features.entities import entity
-    from airloop.runtime.features.services import feature_service
-    from airloop.runtime.features.sources import dataset_source
-    from airloop.runtime.features.views import feature_views
-
     ent = entity(spec)
     views = feature_views(spec, ent, dataset_source(spec, settings))
     return [ent, *views, feature_service(spec, views)]
 
 
 def feature_store(spec, settings):
-    from feast import FeatureStore, RepoConfig
-
     paths = layout(spec, settings)
     paths.feast.mkdir(parents=True, exist_ok=True)
     config = RepoConfig(
@@ -76,8 +78,6 @@ def apply(spec, settings):
 
 
 def _dataset(spec, settings, columns=None):
-    import pandas as pd
-
     path = layout(spec, settings).dataset_file
     if not path.is_file():
         raise AirloopError(f"no dataset for {spec.name} at {path}: run the ingest step first")
@@ -109,10 +109,6 @@ def training_frame(spec, settings):
 
 def online_features(spec, settings, entity_ids):
     """Online feature rows of ``entity_ids`` through the Feast SDK (None where absent)."""
-    import pandas as pd
-
-    from feast.errors import FeatureServiceNotFoundException
-
     store = feature_store(spec, settings)
     try:
         service = store.get_feature_service(spec.feature_service)
@@ -147,8 +143,6 @@ def latest_offline_features(spec, settings):
 
 
 def _utc(value) -> datetime:
-    import pandas as pd
-
     ts = pd.Timestamp(value)
     return (ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)).to_pydatetime()
 
@@ -156,10 +150,6 @@ def _utc(value) -> datetime:
 def _late_start(spec, settings, data):
     """Earliest event time among rows ingested since the last materialization, when it
     may lie before a view's last materialized end (rows that arrived late)."""
-    import json
-
-    from airloop.runtime import versioning
-
     state_file = layout(spec, settings).feast / "materialized.json"
     if not state_file.is_file():
         return None  # first run: every view starts ttl before now anyway
@@ -185,10 +175,6 @@ def materialize(spec, settings, end: datetime | None = None) -> dict:
     the window, so re-running with nothing new writes nothing. Returns the views, the
     window (start, end), the dataset rows inside it and the entities written.
     """
-    import json
-
-    from airloop.runtime import versioning
-
     data = _dataset(spec, settings, [spec.entity_key, spec.timestamp])
     store = apply(spec, settings)
     end = _utc(end or datetime.now(UTC))

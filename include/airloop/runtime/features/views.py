@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from feast import FeatureView, Field
+from feast.types import Float64, Int64, String
+
 
 def _feast_type(dtype: str):
-    from feast.types import Float64, Int64, String
-
     return {"int64": Int64, "float64": Float64, "string": String}[dtype]
 
 
 def feature_views(spec, entity, source) -> list:
-    from feast import FeatureView, Field
-
     dtypes = {c.name: c.dtype for c in spec.columns}
     ttl = timedelta(days=spec.features.ttl_days)
     return [

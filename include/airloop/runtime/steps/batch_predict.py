@@ -16,13 +16,21 @@ file. Result: ``{"rows", "path", "model_version"}``.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
-from airloop.core.settings import Settings
+import mlflow
+import numpy as np
+import pandas as pd
+
 from airloop.core.errors import AirloopError
+from airloop.core.io import atomic_path
+from airloop.core.layout import layout
+from airloop.core.naming import safe_run_id
+from airloop.core.settings import Settings
 from airloop.core.spec import ProjectSpec
+from airloop.runtime import tracking
+from airloop.runtime.features.store import latest_offline_features
 
 THRESHOLD = 0.5
 
@@ -43,8 +51,6 @@ def latest_per_entity(frame, spec: ProjectSpec):
 
 
 def _features(spec: ProjectSpec, settings: Settings, input: str | None):
-    import pandas as pd
-
     if input is not None:
         path = Path(input)
         try:
@@ -52,13 +58,6 @@ def _features(spec: ProjectSpec, settings: Settings, input: str | None):
         except (OSError, ValueError) as exc:
             raise AirloopError(f"batch_predict: cannot read --input {path}: {exc}") from exc
     else:
-        try:
-            from airloop.runtime.features.store import latest_offline_features
-        except ImportError as exc:
-            raise AirloopError(
-                f"batch_predict: the offline store reader is unavailable ({exc}); "
-                "pass --input <parquet>"
-            ) from exc
         frame = latest_offline_features(spec, settings)
     missing = [c for c in [spec.entity_key, *spec.feature_columns] if c not in frame.columns]
     if missing:
@@ -70,24 +69,13 @@ def _features(spec: ProjectSpec, settings: Settings, input: str | None):
 def run(spec: ProjectSpec, *, run_id: str, settings: Settings,
         input: str | None = None) -> dict[str, Any]:
     """Score the latest features of every entity with the champion (see module doc)."""
-    import mlflow
-    import numpy as np
-    import pandas as pd
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from airloop.core.layout import layout
-    from airloop.core.naming import safe_run_id
-
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    client = MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(spec.model_name, "champion")
-    except MlflowException as exc:
+    tracking.use(settings)
+    version = tracking.alias_version(tracking.client(settings), spec.model_name, "champion")
+    if version is None:
         raise AirloopError(
             f"batch_predict: registered model {spec.model_name!r} has no 'champion' alias "
             f"(train and promote a model first)"
-        ) from exc
+        )
     frame = _features(spec, settings, input)
     # Load the exact version the alias named, not the alias: it may move meanwhile.
     model = mlflow.pyfunc.load_model(f"models:/{spec.model_name}/{version.version}")
@@ -106,8 +94,6 @@ def run(spec: ProjectSpec, *, run_id: str, settings: Settings,
         "run_id": run_id,
     })
     path = layout(spec, settings).batch / f"{safe_run_id(run_id)}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    out.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        out.to_parquet(tmp, index=False)
     return {"rows": len(out), "path": str(path), "model_version": str(version.version)}

@@ -22,11 +22,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from airloop.runtime import tracking
 from airloop.core.errors import AirloopError
+from airloop.runtime import tracking
+from airloop.runtime.models import is_better, score
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +37,6 @@ CHAMPION = "champion"
 
 
 def _score_version(name: str, version: str, holdout: pd.DataFrame, spec) -> float:
-    import mlflow.pyfunc
-
-    from airloop.runtime.models import score
-
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     out = model.predict(holdout[spec.feature_columns])
     proba = np.asarray(out.to_numpy() if hasattr(out, "to_numpy") else out, dtype=float)
@@ -52,8 +50,6 @@ def _score_version(name: str, version: str, holdout: pd.DataFrame, spec) -> floa
 
 def decide(challenger: float, champion: float | None, spec) -> tuple[bool, str]:
     """The promotion rule on two numbers; returns (promote, reason)."""
-    from airloop.runtime.models import is_better
-
     metric, mode = spec.metric.name, spec.metric.mode
     floor = spec.promotion.min_metric
     margin = spec.promotion.min_improvement

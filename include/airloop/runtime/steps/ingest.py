@@ -18,15 +18,17 @@ Failure: when any file was quarantined, the good ones are ingested first, then
 from __future__ import annotations
 
 import fcntl
-import json
-import os
 import shutil
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
+
 from airloop.core.errors import AirloopError, ValidationFailed
+from airloop.core.io import atomic_path, write_json
 from airloop.core.layout import layout
+from airloop.runtime import validation, versioning
 
 
 def landing_files(folder: Path, fmt: str) -> list[Path]:
@@ -40,8 +42,6 @@ def landing_files(folder: Path, fmt: str) -> list[Path]:
 
 
 def _read(path: Path, fmt: str):
-    import pandas as pd
-
     if path.suffix == ".parquet" or fmt == "parquet":
         return pd.read_parquet(path)
     return pd.read_csv(path)
@@ -61,7 +61,7 @@ def _quarantine(path: Path, folder: Path, run_id: str, failures: list[dict]) -> 
     target = _move(path, folder)
     report = {"file": path.name, "run_id": run_id, "at": datetime.now(UTC).isoformat(),
               "failures": failures}
-    target.with_name(target.name + ".errors.json").write_text(json.dumps(report, indent=2))
+    write_json(target.with_name(target.name + ".errors.json"), report)
     return target.name
 
 
@@ -99,8 +99,6 @@ def append_rows(spec, settings, frame) -> tuple[int, int, tuple | None]:
     Returns (rows added, total rows, (earliest, latest) event time of the added rows or
     None when nothing was added).
     """
-    import pandas as pd
-
     path = layout(spec, settings).dataset_file
     keys = [spec.entity_key, spec.timestamp]
     if path.is_file():
@@ -116,10 +114,8 @@ def append_rows(spec, settings, frame) -> tuple[int, int, tuple | None]:
     merged = merged.sort_values(keys, kind="stable")
     added = len(merged) - known
     if added:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        merged.reset_index(drop=True).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            merged.reset_index(drop=True).to_parquet(tmp, index=False)
     return added, len(merged), window
 
 
@@ -149,15 +145,11 @@ def run(spec, *, run_id: str, settings) -> dict:
 
 
 def _ingest(spec, paths, *, run_id: str, settings) -> dict:
-    import pandas as pd
-
-    from airloop.runtime import validation as quality, versioning
-
     fmt = spec.data.format
     files = landing_files(paths.landing, fmt)
     quarantined: list[tuple[str, str]] = []
     good = []
-    validator = quality.Validator(spec) if files else None
+    validator = validation.Validator(spec) if files else None
     for path in files:
         try:
             raw = _read(path, fmt)
@@ -167,7 +159,7 @@ def _ingest(spec, paths, *, run_id: str, settings) -> dict:
                  "exception": f"{type(exc).__name__}: {exc}"[:500]}])
             quarantined.append((name, "unreadable"))
             continue
-        frame = quality.coerce(raw, spec)
+        frame = validation.coerce(raw, spec)
         outcome = validator.validate(frame, raw=raw)
         if not outcome.success:
             name = _quarantine(path, paths.quarantine, run_id, outcome.failures)

@@ -17,9 +17,9 @@ the online store: materialize incrementally after each ingest, as the DAGs do.
 
 from __future__ import annotations
 
+from airloop.runtime.features import store
+
 
 def run(spec, *, run_id: str, settings) -> dict:
     """Apply the project's Feast objects and materialize up to now (see module doc)."""
-    from airloop.runtime.features import store
-
     return store.materialize(spec, settings)

@@ -13,8 +13,8 @@ import logging
 import time
 from typing import Any
 
-from airloop.runtime import tracking
 from airloop.core.errors import AirloopError
+from airloop.runtime import tracking
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from airloop.runtime import tracking
 from airloop.core.errors import AirloopError
+from airloop.runtime import tracking
 
 log = logging.getLogger(__name__)
 

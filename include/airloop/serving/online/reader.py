@@ -8,10 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from airloop.core.errors import AirloopError
-from airloop.serving.online.keys import deserialize_entity_key, entity_value_type, serialize_entity_key
+from airloop.serving.online.keys import (
+    deserialize_entity_key,
+    entity_value_type,
+    serialize_entity_key,
+)
 from airloop.serving.online.redis import _RedisBackend
 from airloop.serving.online.sqlite import _SqliteBackend
 from airloop.serving.online.values import decode_value
+
 
 class OnlineReader:
     """Online features by entity id, read straight from Feast's online store.

@@ -9,7 +9,6 @@ from pathlib import Path
 from airloop.serving.online.base import OnlineStoreUnavailable
 
 
-
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 
-
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
