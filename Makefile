@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENVS ?= .venvs
 PROJECT ?= churn
 
-.PHONY: help bootstrap up down status demo test test-control test-runtime test-e2e bench schema lint-imports clean
+.PHONY: help bootstrap up down status demo test test-control test-runtime test-e2e bench schema docs lint-imports clean
 
 help:
 	@echo "make demo   - install what is missing, start the platform, run the whole loop on '$(PROJECT)'"
@@ -36,6 +36,10 @@ bench: bootstrap
 # The project spec's JSON schema is generated from the pydantic models (airloop.core.spec).
 schema:
 	@$(VENVS)/control/bin/python -m airloop.core.spec > include/airloop/core/schemas/project.schema.json
+
+# Generated reference pages (a control test fails when they are stale).
+docs: schema
+	@$(VENVS)/control/bin/python -m airloop.core.settings > docs/settings.md
 
 # The plane contracts ([tool.importlinter] in pyproject.toml); also run by the control tier.
 lint-imports:

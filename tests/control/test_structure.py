@@ -90,3 +90,10 @@ def test_committed_schema_is_generated_from_the_models():
     assert json.loads(SCHEMA_PATH.read_text()) == schema(), (
         "include/airloop/core/schemas/project.schema.json is stale: run `make schema`"
     )
+
+
+def test_settings_page_is_generated_from_the_model():
+    from airloop.core.settings import PAGE, reference
+
+    page = (REPO / "docs" / "settings.md").read_text()
+    assert page == PAGE + reference(), "docs/settings.md is stale: run `make docs`"

@@ -89,7 +89,8 @@ class _Environment(EnvSettingsSource):
 
 
 def _port_field(name: str):
-    return Field(DEFAULT_PORTS[name], ge=1, le=65535, description=f"AIRLOOP_{name.upper()}_PORT")
+    return Field(DEFAULT_PORTS[name], ge=1, le=65535,
+                 description=f"local port of {name.replace('_', ' ')}")
 
 
 class Settings(BaseSettings):
@@ -104,25 +105,31 @@ class Settings(BaseSettings):
     projects_dir: Path | None = Field(default=None, description="folder of project specs")
     data_dir: Path | None = Field(default=None, description="projects' data, one folder per tenant")
     venvs: Path | None = Field(default=None, description="folder holding the three virtualenvs")
-    dvc_remote: Path | None = Field(default=None, description="DVC remote (default <home>/dvc-remote)")
+    dvc_remote: Path | None = Field(default=None, description="DVC remote (<home>/dvc-remote)")
     xcom_path: Path | None = Field(
         default=None, description="where a step writes its JSON result (XCom)"
     )
 
     # -- execution -----------------------------------------------------------------
-    mode: Mode = "local"
-    host: str = "127.0.0.1"
+    mode: Mode = Field("local", description="where steps run: local processes or pods")
+    host: str = Field("127.0.0.1", description="address the local platform binds")
     task_retries: int = Field(2, ge=0, description="retries of every step task")
-    git_commit: str | None = None
-    ray_address: str | None = None
-    database_url: str | None = None
+    git_commit: str | None = Field(
+        None, description="commit of the code that runs (lineage; else `git rev-parse HEAD`)"
+    )
+    ray_address: str | None = Field(None, description="Ray cluster (host:port); unset: local Ray")
+    database_url: str | None = Field(
+        None, description="existing PostgreSQL for `airloop up` instead of the embedded one"
+    )
     pg_user: str | None = Field(None, description="system user of the embedded PostgreSQL")
 
     # -- services --------------------------------------------------------------------
     tracking_uri: str | None = Field(
-        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "tracking_uri")
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "tracking_uri"),
+        description="MLflow tracking and registry server",
     )
-    model_server_url: str | None = None
+    model_server_url: str | None = Field(None, description="the local model server")
     feast_online: str | None = Field(
         None, description="Feast online store: redis://host:port/db, or unset for SQLite"
     )
@@ -138,12 +145,18 @@ class Settings(BaseSettings):
     ray_dashboard_port: int = _port_field("ray_dashboard")
 
     # -- kubernetes (the chart's tenant ConfigMap) --------------------------------------
-    runtime_image: str = "ghcr.io/airloop/runtime:0.1.0"
-    namespace_prefix: str = "airloop-"
+    runtime_image: str = Field(
+        "ghcr.io/airloop/runtime:0.1.0", description="image of the step pods"
+    )
+    namespace_prefix: str = Field("airloop-", description="tenant namespaces are <prefix><tenant>")
     namespace: str | None = Field(None, description="tenant namespace of the deploy step")
-    seldon_server: str = "airloop-mlserver"
-    service_account: str = "airloop-model"
-    storage_secret: str | None = None
+    seldon_server: str = Field("airloop-mlserver", description="Seldon Server models run on")
+    service_account: str = Field(
+        "airloop-model", description="ServiceAccount of KServe predictors"
+    )
+    storage_secret: str | None = Field(
+        None, description="Secret with the object-store credentials of Seldon models"
+    )
     serving_target: Target | None = Field(None, description="the chart's serving.target")
 
     @classmethod
@@ -247,3 +260,34 @@ def load(environ: Mapping[str, str] | None = None, **overrides) -> Settings:
         raise AirloopError(f"{name}={value!r}: {err['msg']}{more}") from None
     finally:
         _ENVIRON.reset(token)
+
+
+def reference() -> str:
+    """Every setting as a Markdown table: variable, default, meaning (for the docs)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        shown = "derived" if default is None and name in _DERIVED else (
+            "unset" if default is None else f"`{default}`")
+        rows.append(f"| `{env_name(name)}` | {shown} | {info.description or ''} |")
+    return "\n".join(rows) + "\n"
+
+
+#: Fields whose default is computed from others in :meth:`Settings._derived`.
+_DERIVED = {"home", "projects_dir", "data_dir", "venvs", "dvc_remote", "xcom_path",
+            "tracking_uri", "model_server_url"}
+
+
+PAGE = """# Settings
+
+Every environment variable airloop reads, generated from
+`airloop.core.settings.Settings` (`make docs`; a control test fails when this page is
+stale). Each command line reads them once per process and passes the object down; a
+bad value is one error line naming the variable. "derived" defaults come from
+`AIRLOOP_HOME`, `AIRLOOP_HOST` and the ports (for example `MLFLOW_TRACKING_URI` is
+`http://<host>:<mlflow port>`).
+
+"""
+
+if __name__ == "__main__":
+    print(PAGE + reference(), end="")
