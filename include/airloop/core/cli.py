@@ -21,11 +21,12 @@ from airloop.core.errors import AirloopError
 from airloop.core.settings import Settings, disable_telemetry, load
 
 
-def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """A plane's root parser with the common options."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
+def plane_parser(description: str, metavar: str = "COMMAND"
+                 ) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """A plane's root parser (``airloop``, with the common options) and its sub-commands."""
+    p = argparse.ArgumentParser(prog="airloop", description=description)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
+    return p, p.add_subparsers(dest="command", required=True, metavar=metavar)
 
 
 def command_parser(sub: argparse._SubParsersAction, name: str, help_: str

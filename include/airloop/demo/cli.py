@@ -25,8 +25,7 @@ COMMANDS = {name: help_ for name, (help_, _, _) in _IMPLEMENTATION.items()}
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    parser = cli.parser("airloop", "The demo: synthetic data and the whole loop over REST.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser, sub = cli.plane_parser("The demo: synthetic data and the whole loop over REST.")
     chosen = cli.command(argv, COMMANDS)
     for name, (help_, module_name, handler) in _IMPLEMENTATION.items():
         p = cli.command_parser(sub, name, help_)

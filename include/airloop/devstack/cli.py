@@ -27,8 +27,7 @@ COMMANDS = {
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The devstack's parser: ``up``, ``down``, ``status`` and ``logs``."""
-    parser = cli.parser("airloop", "The local platform (embedded defaults, one machine).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser, sub = cli.plane_parser("The local platform (embedded defaults, one machine).")
     p = cli.command_parser(sub, "up", COMMANDS["up"])
     p.add_argument(
         "--database-url",

@@ -27,8 +27,7 @@ COMMON = {"command", "step", "project", "run_id", "verbose", "func"}
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    parser = cli.parser("airloop", "Run one pipeline step of a project (the step contract).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
+    parser, sub = cli.plane_parser("Run one pipeline step of a project (the step contract).", "STEP")
     chosen = cli.command(argv, STEP_MODULES)
     for name, help_ in COMMANDS.items():
         p = cli.command_parser(sub, name, help_)

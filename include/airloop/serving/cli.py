@@ -36,8 +36,7 @@ COMMANDS = {
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    parser = cli.parser("airloop", "Use a project's model endpoint and feedback log.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser, sub = cli.plane_parser("Use a project's model endpoint and feedback log.")
     p = cli.command_parser(sub, "feedback", COMMANDS["feedback"])
     p.add_argument("--project", required=True, help="project spec name")
     p.add_argument("--file", required=True, type=Path, help="labels as .csv (id,row,label) or .jsonl")
