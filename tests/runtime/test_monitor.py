@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from airloop.runtime import monitoring
 from airloop.core.errors import AirloopError
+from airloop.runtime.evaluation import drift, guardrails
 
 FEATURES = ["x1", "x2", "x3", "x4", "plan"]
 PLANS = ["basic", "plus", "pro"]
@@ -157,6 +157,18 @@ def monitor(spec, settings, run_id):
     return step.run(spec, run_id=run_id, settings=settings)
 
 
+def sample_key(name: str, labels: dict[str, str]) -> tuple:
+    return name, tuple(sorted(labels.items()))
+
+
+def samples(exposition: str) -> dict[tuple, float]:
+    """``{(metric name, sorted labels): value}`` of a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {sample_key(s.name, s.labels): s.value
+            for family in text_string_to_metric_families(exposition) for s in family.samples}
+
+
 def monitoring_runs(spec, run_id):
     from mlflow import MlflowClient
 
@@ -202,11 +214,12 @@ def test_stationary_traffic_no_drift_with_performance_and_report(project, traine
     assert runs[0].data.metrics["drift_share"] == pytest.approx(res["drift_share"])
     assert runs[0].data.metrics["performance"] == pytest.approx(perf["roc_auc"])
 
-    prom = (report.parent.parent / "metrics.prom").read_text()
-    labels = f'{{tenant="{spec.tenant}",project="montest"}}'
-    assert f"airloop_drift_share{labels} 0\n" in prom
-    assert f"airloop_retrain_decision{labels} 0\n" in prom
-    assert 'airloop_model_performance{tenant="' in prom
+    prom = samples((report.parent.parent / "metrics.prom").read_text())
+    labels = {"tenant": spec.tenant, "project": "montest"}
+    assert prom[sample_key("airloop_drift_share", labels)] == 0
+    assert prom[sample_key("airloop_retrain_decision", labels)] == 0
+    assert prom[sample_key("airloop_model_performance", {**labels, "metric": "roc_auc"})] == \
+        pytest.approx(perf["roc_auc"])
 
 
 def test_shift_flags_columns_then_cooldown_and_idempotent_rerun(project, trained):
@@ -286,16 +299,16 @@ def numeric_days(rows: int, seed: int, shift: dict[int, float] | None = None) ->
 def test_thirty_stationary_days_flag_nothing_and_injected_columns_are_found():
     base = numeric_days(20_000, seed=100)
     for day in range(30):
-        share, cols = monitoring.drift_share(base, numeric_days(2_000, seed=1000 + day))
+        share, cols = drift.drift_share(base, numeric_days(2_000, seed=1000 + day))
         assert share < 0.3 and cols == [], f"day {day}: {cols}"
     shift = {1: 0.5, 6: 0.5, 11: 0.5, 16: 0.5}
-    share, cols = monitoring.drift_share(base, numeric_days(2_000, seed=5000, shift=shift))
+    share, cols = drift.drift_share(base, numeric_days(2_000, seed=5000, shift=shift))
     assert sorted(cols) == ["f01", "f06", "f11", "f16"] and share == pytest.approx(0.2)
 
 
 def test_small_samples_use_evidently_small_sample_tests():
     ref, cur = make_frame(500, seed=1), make_frame(500, seed=2, shift={"x1": 1.0})
-    result = monitoring.compute_drift(ref, cur, FEATURES, categorical=["plan"])
+    result = drift.compute_drift(ref, cur, FEATURES, categorical=["plan"])
     assert result.methods() == {"x1": "ks", "x2": "ks", "x3": "ks", "x4": "ks",
                                 "plan": "chisquare"}
     assert "x1" in result.drifted_columns
@@ -306,7 +319,7 @@ def test_guard_rails_are_rolling_and_idempotent(tmp_path):
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
 
     def decide(rid, hours, wanted=True):
-        return monitoring.decide_retrain(state, rid, wanted=wanted, why="drift",
+        return guardrails.decide_retrain(state, rid, wanted=wanted, why="drift",
                                          cooldown_hours=6, max_per_day=2,
                                          now=t0 + timedelta(hours=hours))
 
