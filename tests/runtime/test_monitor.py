@@ -229,6 +229,8 @@ def test_shift_flags_columns_then_cooldown_and_idempotent_rerun(project, trained
     assert {"x1", "x3"} <= set(first["drifted_columns"])
     assert first["drift"] is True and first["drift_share"] >= 0.3
     assert first["prediction_drift"] is True  # x1 drives the score
+    # The score is tested on its own, beside the dataset verdict over the features.
+    assert first["columns"]["score"]["drifted"] is True and "score" not in first["drifted_columns"]
     assert first["retrain"] is True
 
     second = monitor(spec, settings, "run-b")
@@ -333,3 +335,41 @@ def test_guard_rails_are_rolling_and_idempotent(tmp_path):
     state.write_text("{not json")
     assert decide("g", 41).retrain is True
     assert list(tmp_path.glob("state.json.corrupt-*"))
+
+
+def test_prediction_drift_is_the_score_column_on_the_drift_samples():
+    ref, cur = make_frame(3000, seed=1), make_frame(25_000, seed=2, shift={"x1": 0.3})
+    ref["score"], cur["score"] = ref.x1, cur.x1
+    features = drift.compute_drift(ref, cur, FEATURES, categorical=["plan"])
+    score = drift.prediction_drift(ref, cur, "score")
+    x1 = next(c for c in features.columns if c.column == "x1")
+    assert (score.method, score.score, score.drifted) == (x1.method, x1.score, x1.drifted)
+    assert score.column == "score" and score.method == "wasserstein" and score.drifted
+    with pytest.raises(AirloopError, match=r"\['score'\] missing"):
+        drift.prediction_drift(ref[FEATURES], cur, "score")
+
+
+def test_report_agrees_with_the_verdict_and_shows_prediction_drift():
+    """x1 drives the score: 1 of 5 features and the score drift. The verdict (share 0.2)
+    is over the features only, and so is the report's drifted-columns share."""
+    from airloop.runtime.evaluation import report
+
+    ref, cur = make_frame(3000, seed=3), make_frame(800, seed=4, shift={"x1": 0.5})
+    for frame in (ref, cur):
+        frame["score"] = 1 / (1 + np.exp(-frame.x1))
+    verdict = drift.compute_drift(ref, cur, FEATURES, categorical=["plan"])
+    score = drift.prediction_drift(ref, cur, "score")
+    assert verdict.drifted_columns == ["x1"] and not verdict.dataset_drift and score.drifted
+
+    snap = report.drift_snapshot(ref, cur, verdict, score, features=FEATURES,
+                                 categorical=["plan"]).dict()
+    values = {m["config"]["type"].rsplit(":", 1)[-1]
+              + (f":{m['config']['column']}" if "column" in m["config"] else ""): m["value"]
+              for m in snap["metrics"]}
+    assert values["DriftedColumnsCount"] == {"count": 1.0, "share": pytest.approx(verdict.share)}
+    for col in (*verdict.columns, score):
+        assert values[f"ValueDrift:{col.column}"] == pytest.approx(col.score), col.column
+    failed = {t["name"] for t in snap["tests"] if t["status"] == "FAIL"}
+    assert not any(name.startswith("Share of Drifted Columns") for name in failed)
+    assert {"Value Drift for column x1", "Value Drift for column score"} <= failed
+
