@@ -373,3 +373,70 @@ def test_report_agrees_with_the_verdict_and_shows_prediction_drift():
     assert not any(name.startswith("Share of Drifted Columns") for name in failed)
     assert {"Value Drift for column x1", "Value Drift for column score"} <= failed
 
+
+def render(**result) -> str:
+    """The exposition of a monitor result (defaults: a window without a verdict)."""
+    from airloop.runtime.evaluation import exposition
+
+    base = {"rows": 400, "labelled_rows": 0, "verdict": False, "drift": False,
+            "drift_share": None, "drifted_columns": [], "prediction_drift": False,
+            "performance": {}, "degraded": False, "retrain": False}
+    verdict = drift.DriftResult(
+        (drift.ColumnDrift("x1", "ks", 0.01, 0.05, True),
+         drift.ColumnDrift("x2", "none", float("nan"), float("nan"), False)),
+        0.5, 0.3, 2000, 400,
+    )
+    return exposition.render(
+        {**base, **result}, tenant="t1", project="p1", drift=verdict if result else None,
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+    ).decode()
+
+
+def exposition_of(**result) -> dict[tuple, float]:
+    return samples(render(**result))
+
+
+def test_exposition_names_labels_and_values():
+    labels = {"tenant": "t1", "project": "p1"}
+    quiet = exposition_of()
+    assert quiet == {
+        sample_key("airloop_monitor_last_run_timestamp_seconds", labels):
+            datetime(2026, 1, 1, tzinfo=UTC).timestamp(),
+        sample_key("airloop_monitor_rows", labels): 400,
+        sample_key("airloop_monitor_labelled_rows", labels): 0,
+        sample_key("airloop_monitor_verdict", labels): 0,
+        sample_key("airloop_model_degraded", labels): 0,
+        sample_key("airloop_retrain_decision", labels): 0,
+    }
+    perf = {"metric": "roc_auc", "value": 0.7, "roc_auc": 0.7, "accuracy": 0.6,
+            "baseline": 0.8, "drop": 0.1, "degraded": True}
+    busy = exposition_of(verdict=True, drift=True, drift_share=0.5, drifted_columns=["x1"],
+                         prediction_drift=True, performance=perf, degraded=True, retrain=True)
+    assert busy == {
+        **quiet,
+        sample_key("airloop_monitor_verdict", labels): 1,
+        sample_key("airloop_drift_share", labels): 0.5,
+        sample_key("airloop_drifted_columns", labels): 1,
+        sample_key("airloop_dataset_drift", labels): 1,
+        sample_key("airloop_prediction_drift", labels): 1,
+        # the untested column (NaN score) is left out
+        sample_key("airloop_column_drift_score", {**labels, "column": "x1", "method": "ks"}): 0.01,
+        sample_key("airloop_model_performance", {**labels, "metric": "roc_auc"}): 0.7,
+        sample_key("airloop_model_performance", {**labels, "metric": "accuracy"}): 0.6,
+        sample_key("airloop_model_holdout_metric", {**labels, "metric": "roc_auc"}): 0.8,
+        sample_key("airloop_model_degraded", labels): 1,
+        sample_key("airloop_retrain_decision", labels): 1,
+    }
+
+
+def test_exposition_ignores_prometheus_multiprocess_mode(monkeypatch, tmp_path):
+    """Importing feast sets ``PROMETHEUS_MULTIPROC_DIR``; a ``prometheus_client`` imported
+    after it keeps ``Gauge`` values in mmap files there. This is that state, with the
+    folder gone: the monitor's metrics render the same."""
+    from prometheus_client import values
+
+    before = render(verdict=True, drift_share=0.0)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "gone"))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    assert render(verdict=True, drift_share=0.0) == before
+    assert 'airloop_drift_share{project="p1",tenant="t1"} 0.0\n' in before
