@@ -19,8 +19,8 @@ END = datetime(2026, 2, 1, tzinfo=UTC)  # after every generated event timestamp
 
 def drift_function() -> Callable:
     """``f(reference, current) -> (share, drifted_columns)``:
-    :func:`airloop.runtime.monitoring.drift_share` (what the monitor step computes)."""
-    from airloop.runtime.monitoring import drift_share
+    :func:`airloop.runtime.evaluation.drift.drift_share` (the test the monitor step runs)."""
+    from airloop.runtime.evaluation.drift import drift_share
 
     return drift_share
 

@@ -1,9 +1,9 @@
 """Comparison 5: drift check on 100k x 20 columns, plus detection quality.
 
-airloop's drift computation (:mod:`airloop.runtime.monitoring`, Evidently underneath) against
-the floor, a plain ``scipy.stats.ks_2samp`` loop over the columns. Quality: 30
-simulated stationary days must flag no dataset drift; drift injected into known
-columns must flag exactly those columns.
+airloop's drift computation (:mod:`airloop.runtime.evaluation.drift`, Evidently
+underneath) against the floor, a plain ``scipy.stats.ks_2samp`` loop over the columns.
+Quality: 30 simulated stationary days must flag no dataset drift; drift injected into
+known columns must flag exactly those columns.
 """
 
 from __future__ import annotations

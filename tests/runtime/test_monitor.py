@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from airloop.runtime import monitoring
 from airloop.core.errors import AirloopError
+from airloop.runtime.evaluation import drift, guardrails
 
 FEATURES = ["x1", "x2", "x3", "x4", "plan"]
 PLANS = ["basic", "plus", "pro"]
@@ -157,6 +157,18 @@ def monitor(spec, settings, run_id):
     return step.run(spec, run_id=run_id, settings=settings)
 
 
+def sample_key(name: str, labels: dict[str, str]) -> tuple:
+    return name, tuple(sorted(labels.items()))
+
+
+def samples(exposition: str) -> dict[tuple, float]:
+    """``{(metric name, sorted labels): value}`` of a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {sample_key(s.name, s.labels): s.value
+            for family in text_string_to_metric_families(exposition) for s in family.samples}
+
+
 def monitoring_runs(spec, run_id):
     from mlflow import MlflowClient
 
@@ -202,11 +214,12 @@ def test_stationary_traffic_no_drift_with_performance_and_report(project, traine
     assert runs[0].data.metrics["drift_share"] == pytest.approx(res["drift_share"])
     assert runs[0].data.metrics["performance"] == pytest.approx(perf["roc_auc"])
 
-    prom = (report.parent.parent / "metrics.prom").read_text()
-    labels = f'{{tenant="{spec.tenant}",project="montest"}}'
-    assert f"airloop_drift_share{labels} 0\n" in prom
-    assert f"airloop_retrain_decision{labels} 0\n" in prom
-    assert 'airloop_model_performance{tenant="' in prom
+    prom = samples((report.parent.parent / "metrics.prom").read_text())
+    labels = {"tenant": spec.tenant, "project": "montest"}
+    assert prom[sample_key("airloop_drift_share", labels)] == 0
+    assert prom[sample_key("airloop_retrain_decision", labels)] == 0
+    assert prom[sample_key("airloop_model_performance", {**labels, "metric": "roc_auc"})] == \
+        pytest.approx(perf["roc_auc"])
 
 
 def test_shift_flags_columns_then_cooldown_and_idempotent_rerun(project, trained):
@@ -216,6 +229,8 @@ def test_shift_flags_columns_then_cooldown_and_idempotent_rerun(project, trained
     assert {"x1", "x3"} <= set(first["drifted_columns"])
     assert first["drift"] is True and first["drift_share"] >= 0.3
     assert first["prediction_drift"] is True  # x1 drives the score
+    # The score is tested on its own, beside the dataset verdict over the features.
+    assert first["columns"]["score"]["drifted"] is True and "score" not in first["drifted_columns"]
     assert first["retrain"] is True
 
     second = monitor(spec, settings, "run-b")
@@ -286,16 +301,16 @@ def numeric_days(rows: int, seed: int, shift: dict[int, float] | None = None) ->
 def test_thirty_stationary_days_flag_nothing_and_injected_columns_are_found():
     base = numeric_days(20_000, seed=100)
     for day in range(30):
-        share, cols = monitoring.drift_share(base, numeric_days(2_000, seed=1000 + day))
+        share, cols = drift.drift_share(base, numeric_days(2_000, seed=1000 + day))
         assert share < 0.3 and cols == [], f"day {day}: {cols}"
     shift = {1: 0.5, 6: 0.5, 11: 0.5, 16: 0.5}
-    share, cols = monitoring.drift_share(base, numeric_days(2_000, seed=5000, shift=shift))
+    share, cols = drift.drift_share(base, numeric_days(2_000, seed=5000, shift=shift))
     assert sorted(cols) == ["f01", "f06", "f11", "f16"] and share == pytest.approx(0.2)
 
 
 def test_small_samples_use_evidently_small_sample_tests():
     ref, cur = make_frame(500, seed=1), make_frame(500, seed=2, shift={"x1": 1.0})
-    result = monitoring.compute_drift(ref, cur, FEATURES, categorical=["plan"])
+    result = drift.compute_drift(ref, cur, FEATURES, categorical=["plan"])
     assert result.methods() == {"x1": "ks", "x2": "ks", "x3": "ks", "x4": "ks",
                                 "plan": "chisquare"}
     assert "x1" in result.drifted_columns
@@ -306,7 +321,7 @@ def test_guard_rails_are_rolling_and_idempotent(tmp_path):
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
 
     def decide(rid, hours, wanted=True):
-        return monitoring.decide_retrain(state, rid, wanted=wanted, why="drift",
+        return guardrails.decide_retrain(state, rid, wanted=wanted, why="drift",
                                          cooldown_hours=6, max_per_day=2,
                                          now=t0 + timedelta(hours=hours))
 
@@ -320,3 +335,108 @@ def test_guard_rails_are_rolling_and_idempotent(tmp_path):
     state.write_text("{not json")
     assert decide("g", 41).retrain is True
     assert list(tmp_path.glob("state.json.corrupt-*"))
+
+
+def test_prediction_drift_is_the_score_column_on_the_drift_samples():
+    ref, cur = make_frame(3000, seed=1), make_frame(25_000, seed=2, shift={"x1": 0.3})
+    ref["score"], cur["score"] = ref.x1, cur.x1
+    features = drift.compute_drift(ref, cur, FEATURES, categorical=["plan"])
+    score = drift.prediction_drift(ref, cur, "score")
+    x1 = next(c for c in features.columns if c.column == "x1")
+    assert (score.method, score.score, score.drifted) == (x1.method, x1.score, x1.drifted)
+    assert score.column == "score" and score.method == "wasserstein" and score.drifted
+    with pytest.raises(AirloopError, match=r"\['score'\] missing"):
+        drift.prediction_drift(ref[FEATURES], cur, "score")
+
+
+def test_report_agrees_with_the_verdict_and_shows_prediction_drift():
+    """x1 drives the score: 1 of 5 features and the score drift. The verdict (share 0.2)
+    is over the features only, and so is the report's drifted-columns share."""
+    from airloop.runtime.evaluation import report
+
+    ref, cur = make_frame(3000, seed=3), make_frame(800, seed=4, shift={"x1": 0.5})
+    for frame in (ref, cur):
+        frame["score"] = 1 / (1 + np.exp(-frame.x1))
+    verdict = drift.compute_drift(ref, cur, FEATURES, categorical=["plan"])
+    score = drift.prediction_drift(ref, cur, "score")
+    assert verdict.drifted_columns == ["x1"] and not verdict.dataset_drift and score.drifted
+
+    snap = report.drift_snapshot(ref, cur, verdict, score, features=FEATURES,
+                                 categorical=["plan"]).dict()
+    values = {m["config"]["type"].rsplit(":", 1)[-1]
+              + (f":{m['config']['column']}" if "column" in m["config"] else ""): m["value"]
+              for m in snap["metrics"]}
+    assert values["DriftedColumnsCount"] == {"count": 1.0, "share": pytest.approx(verdict.share)}
+    for col in (*verdict.columns, score):
+        assert values[f"ValueDrift:{col.column}"] == pytest.approx(col.score), col.column
+    failed = {t["name"] for t in snap["tests"] if t["status"] == "FAIL"}
+    assert not any(name.startswith("Share of Drifted Columns") for name in failed)
+    assert {"Value Drift for column x1", "Value Drift for column score"} <= failed
+
+
+def render(**result) -> str:
+    """The exposition of a monitor result (defaults: a window without a verdict)."""
+    from airloop.runtime.evaluation import exposition
+
+    base = {"rows": 400, "labelled_rows": 0, "verdict": False, "drift": False,
+            "drift_share": None, "drifted_columns": [], "prediction_drift": False,
+            "performance": {}, "degraded": False, "retrain": False}
+    verdict = drift.DriftResult(
+        (drift.ColumnDrift("x1", "ks", 0.01, 0.05, True),
+         drift.ColumnDrift("x2", "none", float("nan"), float("nan"), False)),
+        0.5, 0.3, 2000, 400,
+    )
+    return exposition.render(
+        {**base, **result}, tenant="t1", project="p1", drift=verdict if result else None,
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+    ).decode()
+
+
+def exposition_of(**result) -> dict[tuple, float]:
+    return samples(render(**result))
+
+
+def test_exposition_names_labels_and_values():
+    labels = {"tenant": "t1", "project": "p1"}
+    quiet = exposition_of()
+    assert quiet == {
+        sample_key("airloop_monitor_last_run_timestamp_seconds", labels):
+            datetime(2026, 1, 1, tzinfo=UTC).timestamp(),
+        sample_key("airloop_monitor_rows", labels): 400,
+        sample_key("airloop_monitor_labelled_rows", labels): 0,
+        sample_key("airloop_monitor_verdict", labels): 0,
+        sample_key("airloop_model_degraded", labels): 0,
+        sample_key("airloop_retrain_decision", labels): 0,
+    }
+    perf = {"metric": "roc_auc", "value": 0.7, "roc_auc": 0.7, "accuracy": 0.6,
+            "baseline": 0.8, "drop": 0.1, "degraded": True}
+    busy = exposition_of(verdict=True, drift=True, drift_share=0.5, drifted_columns=["x1"],
+                         prediction_drift=True, performance=perf, degraded=True, retrain=True)
+    assert busy == {
+        **quiet,
+        sample_key("airloop_monitor_verdict", labels): 1,
+        sample_key("airloop_drift_share", labels): 0.5,
+        sample_key("airloop_drifted_columns", labels): 1,
+        sample_key("airloop_dataset_drift", labels): 1,
+        sample_key("airloop_prediction_drift", labels): 1,
+        # the untested column (NaN score) is left out
+        sample_key("airloop_column_drift_score", {**labels, "column": "x1", "method": "ks"}): 0.01,
+        sample_key("airloop_model_performance", {**labels, "metric": "roc_auc"}): 0.7,
+        sample_key("airloop_model_performance", {**labels, "metric": "accuracy"}): 0.6,
+        sample_key("airloop_model_holdout_metric", {**labels, "metric": "roc_auc"}): 0.8,
+        sample_key("airloop_model_degraded", labels): 1,
+        sample_key("airloop_retrain_decision", labels): 1,
+    }
+
+
+def test_exposition_ignores_prometheus_multiprocess_mode(monkeypatch, tmp_path):
+    """Importing feast sets ``PROMETHEUS_MULTIPROC_DIR``; a ``prometheus_client`` imported
+    after it keeps ``Gauge`` values in mmap files there. This is that state, with the
+    folder gone: the monitor's metrics render the same."""
+    from prometheus_client import values
+
+    before = render(verdict=True, drift_share=0.0)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "gone"))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    assert render(verdict=True, drift_share=0.0) == before
+    assert 'airloop_drift_share{project="p1",tenant="t1"} 0.0\n' in before

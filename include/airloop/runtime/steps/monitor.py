@@ -25,16 +25,25 @@ verdict, no retrain, and the reason says so.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airloop.core.settings import Settings
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from airloop.core import predlog
 from airloop.core.errors import AirloopError
+from airloop.core.io import atomic_write, write_json
+from airloop.core.layout import layout
+from airloop.core.naming import safe_run_id
+from airloop.core.settings import Settings
 from airloop.core.spec import ProjectSpec
+from airloop.runtime.evaluation import drift, exposition, guardrails, performance, report
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def read_traffic(spec: ProjectSpec, settings: Settings, start: datetime, end: datetime):
+def read_traffic(spec: ProjectSpec, settings: Settings, start: datetime,
+                 end: datetime) -> pd.DataFrame:
     """Logged predictions in ``[start, end)`` as a frame (features, score, entity, id,
     row, version) with ``label`` from the feedback log where present (last label wins)."""
-    import pandas as pd
-
-    from airloop.core import predlog
-    from airloop.core.layout import layout
-
     paths = layout(spec, settings)
     features = spec.feature_columns
     records = []
@@ -88,9 +93,6 @@ def read_traffic(spec: ProjectSpec, settings: Settings, start: datetime, end: da
 
 
 def _champion(spec: ProjectSpec):
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     client = MlflowClient()
     try:
         return client, client.get_model_version_by_alias(spec.model_name, "champion")
@@ -101,10 +103,7 @@ def _champion(spec: ProjectSpec):
         ) from exc
 
 
-def _reference(client, run_id: str, spec: ProjectSpec):
-    import pandas as pd
-    from mlflow.exceptions import MlflowException
-
+def _reference(client: MlflowClient, run_id: str, spec: ProjectSpec) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = client.download_artifacts(run_id, "reference/reference.parquet", tmp)
@@ -162,17 +161,12 @@ def run(spec: ProjectSpec, *, run_id: str, settings: Settings,
         window_hours: int | None = None) -> dict[str, Any]:
     """Compare the last window of traffic with the champion's reference and decide.
 
-    ``retrain`` = (dataset drift or performance degradation) and the guard rails
-    (cool-down, max retrains per day) allow it. Idempotent per ``run_id``: the report and
-    artifacts are overwritten, the monitoring run is reused and a recorded retrain
-    decision is returned again instead of being counted twice.
+    ``retrain`` = (dataset drift of the features or performance degradation) and the
+    guard rails (cool-down, max retrains per day) allow it; prediction drift of the score
+    is reported beside it. Idempotent per ``run_id``: the report and artifacts are
+    overwritten, the monitoring run is reused and a recorded retrain decision is
+    returned again instead of being counted twice.
     """
-    import mlflow
-
-    from airloop.runtime import monitoring
-    from airloop.core.layout import layout
-    from airloop.core.naming import safe_run_id
-
     policy = spec.drift
     hours = window_hours if window_hours is not None else policy.window_hours
     if hours < 1:
@@ -211,7 +205,7 @@ def run(spec: ProjectSpec, *, run_id: str, settings: Settings,
         "airloop.project": spec.name,
         "airloop.tenant": spec.tenant,
     }
-    drift = None
+    feature_drift = None
     if len(traffic) < policy.min_rows:
         result["reason"] = (
             f"no verdict: {len(traffic)} logged predictions in the last {hours} h "
@@ -221,37 +215,28 @@ def run(spec: ProjectSpec, *, run_id: str, settings: Settings,
         reference = _reference(client, version.run_id, spec)
         features = spec.feature_columns
         categorical = [c.name for c in spec.columns if c.dtype == "string" and c.name in features]
-        drift = monitoring.compute_drift(
-            reference, traffic, [*features, SCORE], categorical=categorical,
+        # The dataset verdict is over the features; the score is prediction drift.
+        feature_drift = drift.compute_drift(
+            reference, traffic, features, categorical=categorical,
             share_threshold=policy.share_threshold,
         )
-        # The dataset verdict is over the features; the score is prediction drift.
-        feat_cols = tuple(c for c in drift.columns if c.column != SCORE)
-        feature_drift = monitoring.DriftResult(
-            feat_cols,
-            sum(c.drifted for c in feat_cols) / max(1, sum(c.method != "none" for c in feat_cols)),
-            policy.share_threshold, drift.reference_rows, drift.current_rows,
-        )
-        score_drift = next(c for c in drift.columns if c.column == SCORE)
+        score_drift = drift.prediction_drift(reference, traffic, SCORE)
         metric = spec.metric.name
         baseline = _holdout_metric(client, version, metric)
         perf: dict[str, Any] = {"metric": metric, "baseline": baseline, "value": None}
-        lab_ok = (len(labelled) >= monitoring.min_labels(policy.min_rows)
-                  and labelled[spec.label].nunique() == 2)
+        need = performance.min_labels(policy.min_rows)
+        lab_ok = len(labelled) >= need and labelled[spec.label].nunique() == 2
         if lab_ok:
-            perf = monitoring.evaluate_performance(
+            perf = performance.evaluate_performance(
                 labelled, label=spec.label, metric_name=metric, baseline=baseline,
                 max_drop=policy.performance_drop,
             )
         else:
-            perf["note"] = (
-                f"{len(labelled)} labelled rows (need "
-                f"{monitoring.min_labels(policy.min_rows)} with both classes)"
-            )
+            perf["note"] = f"{len(labelled)} labelled rows (need {need} with both classes)"
         why = []
         if feature_drift.dataset_drift:
             why.append(
-                f"data drift in {feature_drift.n_drifted}/{len(feat_cols)} columns "
+                f"data drift in {feature_drift.n_drifted}/{len(feature_drift.columns)} columns "
                 f"(share {feature_drift.share:.2f} >= {policy.share_threshold})"
             )
         if perf.get("degraded"):
@@ -259,9 +244,8 @@ def run(spec: ProjectSpec, *, run_id: str, settings: Settings,
                 f"{metric} {perf['value']:.3f} is {perf['drop']:.3f} below holdout "
                 f"{baseline:.3f} (drop limit {policy.performance_drop})"
             )
-        wanted = bool(why)
-        decision = monitoring.decide_retrain(
-            state_path, run_id, wanted=wanted,
+        decision = guardrails.decide_retrain(
+            state_path, run_id, wanted=bool(why),
             why="; ".join(why) if why else "no drift and no performance degradation",
             cooldown_hours=policy.cooldown_hours, max_per_day=policy.max_retrains_per_day,
         )
@@ -277,21 +261,22 @@ def run(spec: ProjectSpec, *, run_id: str, settings: Settings,
             retrain=decision.retrain,
             reason=decision.reason,
             columns={c.column: {"method": c.method, "score": round(c.score, 6),
-                                "drifted": c.drifted} for c in drift.columns},
+                                "drifted": c.drifted}
+                     for c in (*feature_drift.columns, score_drift)},
         )
         summary = {k: result[k] for k in (
             "rows", "labelled_rows", "model_version", "drift", "drift_share",
             "drifted_columns", "prediction_drift", "degraded", "retrain", "reason")}
         summary["performance"] = {k: perf.get(k) for k in ("metric", "value", "baseline", "drop")}
-        page = monitoring.build_report(
-            reference, traffic, drift, features=features, categorical=categorical,
-            label=spec.label, labelled=labelled if lab_ok else None, metric_name=metric,
+        page = report.build_report(
+            reference, traffic, feature_drift, score_drift, features=features,
+            categorical=categorical, score=SCORE, label=spec.label,
+            labelled=labelled if lab_ok else None, metric_name=metric,
             title=f"{spec.tenant}/{spec.name} monitor {run_id} (model v{version.version})",
             summary=summary,
         )
-        report = out_dir / "report.html"
-        monitoring.write_atomic(report, page)
-        result["report"] = str(report)
+        report_path = atomic_write(out_dir / "report.html", page)
+        result["report"] = str(report_path)
         metrics = {
             "drift_share": feature_drift.share,
             "n_drifted": float(feature_drift.n_drifted),
@@ -304,14 +289,10 @@ def run(spec: ProjectSpec, *, run_id: str, settings: Settings,
             metrics["performance"] = perf["value"]
             metrics["accuracy"] = perf["accuracy"]
         result["mlflow_run_id"] = _log_to_mlflow(
-            client, spec, version, rid, run_id, report, metrics, tags
+            client, spec, version, rid, run_id, report_path, metrics, tags
         )
-        drift = feature_drift
-    prom = monitoring.prometheus_text(result, tenant=spec.tenant, project=spec.name, drift=drift)
-    monitoring.write_atomic(paths.monitor / "metrics.prom", prom)
-    monitoring.write_atomic(
-        out_dir / "result.json",
-        json.dumps(result, default=str, indent=2, sort_keys=True),
-    )
+    atomic_write(paths.monitor / "metrics.prom", exposition.render(
+        result, tenant=spec.tenant, project=spec.name, drift=feature_drift))
+    write_json(out_dir / "result.json", result)
     log.info("monitor %s: %s", run_id, result["reason"])
     return result
