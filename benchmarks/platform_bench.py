@@ -102,15 +102,14 @@ def land_data(env: dict, days: int = 3) -> None:
 
 
 def _edges(api, dag_id: str, rid: str) -> tuple[list[float], dict]:
-    tasks = {t["task_id"]: t for t in api.get(f"/api/v2/dags/{dag_id}/tasks")["tasks"]}
-    tis = {ti["task_id"]: ti for ti in api.task_instances(dag_id, rid)}
+    tasks = {t.task_id: t for t in api.tasks(dag_id)}
+    tis = {ti.task_id: ti for ti in api.task_instances(dag_id, rid)}
     gaps = []
     for tid, task in tasks.items():
-        for down in task.get("downstream_task_ids", []):
+        for down in task.downstream_task_ids or []:
             a, b = tis.get(tid), tis.get(down)
-            if a and b and a.get("end_date") and b.get("start_date"):
-                gaps.append((datetime.fromisoformat(b["start_date"])
-                             - datetime.fromisoformat(a["end_date"])).total_seconds())
+            if a and b and a.end_date and b.start_date:
+                gaps.append((b.start_date - a.end_date).total_seconds())
     return gaps, tis
 
 
@@ -121,7 +120,7 @@ def task_gaps(env: dict) -> tuple[list[float], list[float], str]:
     task start, run states)."""
     os.environ.update(env)
     from airloop.core import settings as config
-    from airloop.demo.airflow import AirflowClient
+    from airloop.api.airflow import AirflowClient
     from airloop.devstack.auth import admin_credentials
 
     settings = config.load()
@@ -133,31 +132,30 @@ def task_gaps(env: dict) -> tuple[list[float], list[float], str]:
         api.wait_for_dag(dag_id, timeout=180)
         api.unpause(dag_id)
     run = api.trigger("churn__ingest")
-    final = api.wait("churn__ingest", run["dag_run_id"], timeout=300)
-    states = [f"churn__ingest {final['state']}"]
-    gaps, tis = _edges(api, "churn__ingest", run["dag_run_id"])
-    ends = [datetime.fromisoformat(t["end_date"]) for t in tis.values() if t.get("end_date")]
+    final = api.wait("churn__ingest", run.dag_run_id, timeout=300)
+    states = [f"churn__ingest {final.state.value}"]
+    gaps, tis = _edges(api, "churn__ingest", run.dag_run_id)
+    ends = [t.end_date for t in tis.values() if t.end_date]
     asset_gaps: list[float] = []
     deadline = time.monotonic() + 90
-    while final["state"] == "success" and time.monotonic() < deadline:
+    while final.state.value == "success" and time.monotonic() < deadline:
         mats = [r for r in api.dag_runs("churn__materialize", limit=5)
-                if r["run_type"] == "asset_triggered"]
+                if r.run_type.value == "asset_triggered"]
         if mats:
-            mrun = api.wait("churn__materialize", mats[0]["dag_run_id"], timeout=300)
-            states.append(f"churn__materialize {mrun['state']}")
-            mg, mtis = _edges(api, "churn__materialize", mats[0]["dag_run_id"])
+            mrun = api.wait("churn__materialize", mats[0].dag_run_id, timeout=300)
+            states.append(f"churn__materialize {mrun.state.value}")
+            mg, mtis = _edges(api, "churn__materialize", mats[0].dag_run_id)
             gaps += mg
-            starts = [datetime.fromisoformat(t["start_date"]) for t in mtis.values()
-                      if t.get("start_date")]
+            starts = [t.start_date for t in mtis.values() if t.start_date]
             if ends and starts:
                 asset_gaps.append((min(starts) - max(ends)).total_seconds())
             break
         time.sleep(1)
     # The monitor DAG: monitor -> retrain_decision -> no_retrain|retrain (2 edges run).
     run = api.trigger("churn__monitor")
-    final = api.wait("churn__monitor", run["dag_run_id"], timeout=300)
-    states.append(f"churn__monitor {final['state']}")
-    gaps += _edges(api, "churn__monitor", run["dag_run_id"])[0]
+    final = api.wait("churn__monitor", run.dag_run_id, timeout=300)
+    states.append(f"churn__monitor {final.state.value}")
+    gaps += _edges(api, "churn__monitor", run.dag_run_id)[0]
     return gaps, asset_gaps, ", ".join(states)
 
 

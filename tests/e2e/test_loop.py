@@ -52,28 +52,37 @@ def platform():
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _client(env):
-    sys.path.insert(0, str(REPO / "include"))
-    from airloop.demo.airflow import AirflowClient
+@pytest.fixture(scope="module")
+def api(platform):
+    """The Airflow REST API of the platform, as the local admin."""
+    from airloop.api.airflow import AirflowClient
+    from airloop.core.settings import load
     from airloop.devstack.auth import admin_credentials
 
-    old = dict(os.environ)
-    os.environ.update(env)
-    try:
-        from airloop.core import settings as config
-
-        settings = config.load()
-        user, password = admin_credentials(settings)
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
-    return AirflowClient(f"http://127.0.0.1:{env['AIRLOOP_AIRFLOW_PORT']}", user, password)
+    user, password = admin_credentials(load(environ=platform))
+    with AirflowClient(f"http://127.0.0.1:{platform['AIRLOOP_AIRFLOW_PORT']}",
+                       user, password) as client:
+        yield client
 
 
-def test_bad_trigger_conf_is_rejected(platform):
-    from airloop.demo.airflow import AirflowAPIError
+@pytest.fixture(scope="module")
+def closed_loop(platform):
+    """Run `airloop demo` once (the first test that needs it pays) and return its summary.
 
-    api = _client(platform)
+    Tests that need a deployed champion and trained runs use this, so each of them also
+    passes when it runs alone."""
+    proc = subprocess.run(
+        [venv_bin("runtime", "airloop"), "demo", "--project", "churn"],
+        env=platform, capture_output=True, text=True, timeout=1800,
+    )
+    print(proc.stdout[-6000:])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.split("=== airloop demo summary ===", 1)[1].split("\n[")[0])
+
+
+def test_bad_trigger_conf_is_rejected(api):
+    from airloop.api.airflow import AirflowAPIError
+
     api.wait_for_dag("churn__train")
     with pytest.raises(AirflowAPIError) as err:
         api.trigger("churn__train", {"trigger": "because-i-said-so"})
@@ -81,23 +90,17 @@ def test_bad_trigger_conf_is_rejected(platform):
     assert "trigger" in err.value.body
 
 
-def test_unknown_dag_is_404(platform):
-    from airloop.demo.airflow import AirflowAPIError
+def test_unknown_dag_is_404(api):
+    from airloop.api.airflow import AirflowAPIError
 
     with pytest.raises(AirflowAPIError) as err:
-        _client(platform).trigger("nope__train")
+        api.trigger("nope__train")
     assert err.value.status == 404
 
 
-def test_the_loop_closes(platform):
+def test_the_loop_closes(platform, closed_loop):
     """`airloop demo`: first champion, no drift on normal traffic, drift → retrain → v2."""
-    proc = subprocess.run(
-        [venv_bin("runtime", "airloop"), "demo", "--project", "churn"],
-        env=platform, capture_output=True, text=True, timeout=1800,
-    )
-    print(proc.stdout[-6000:])
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    summary = json.loads(proc.stdout.split("=== airloop demo summary ===", 1)[1].split("\n[")[0])
+    summary = closed_loop
     assert summary["first_champion"]["version"] != summary["retrained"]["version"]
     assert summary["retrained"]["promoted"] is True
     assert summary["drift"]["share"] >= 0.3
@@ -126,7 +129,7 @@ def _post(url, body):
         return exc.code, exc.read().decode()
 
 
-def test_malformed_inference_is_4xx_and_server_keeps_serving(platform):
+def test_malformed_inference_is_4xx_and_server_keeps_serving(platform, closed_loop):
     base = f"http://127.0.0.1:{platform['AIRLOOP_MLSERVER_PORT']}/v2/models/demo-churn/infer"
     bad = [
         {"inputs": []},
@@ -152,22 +155,17 @@ def test_malformed_inference_is_4xx_and_server_keeps_serving(platform):
     assert {o["name"] for o in out["outputs"]} >= {"score", "prediction"}
 
 
-def test_rerunning_a_train_run_creates_no_second_version(platform):
+def test_rerunning_a_train_run_creates_no_second_version(platform, api, closed_loop):
     import mlflow
 
-    api = _client(platform)
-    runs = [r for r in api.dag_runs("churn__train", limit=10) if r["state"] == "success"]
-    assert runs, "the loop test leaves successful train runs behind"
-    run_id = runs[-1]["dag_run_id"]
+    runs = [r for r in api.dag_runs("churn__train", limit=10) if r.state.value == "success"]
+    assert runs, "the loop leaves successful train runs behind"
+    run_id = runs[-1].dag_run_id
     client = mlflow.MlflowClient(f"http://127.0.0.1:{platform['AIRLOOP_MLFLOW_PORT']}")
     before = sorted(int(v.version) for v in client.search_model_versions("name='demo.churn'"))
-    api._raw(
-        "POST",
-        "/api/v2/dags/churn__train/clearTaskInstances",
-        {"dag_run_id": run_id, "task_ids": ["train", "register"], "dry_run": False,
-         "only_failed": False, "include_downstream": False, "reset_dag_runs": True},
-    )
+    cleared = api.clear_task_instances("churn__train", run_id, ["train", "register"])
+    assert {t.task_id for t in cleared} == {"train", "register"}
     final = api.wait("churn__train", run_id, timeout=900)
-    assert final["state"] == "success"
+    assert final.state.value == "success"
     after = sorted(int(v.version) for v in client.search_model_versions("name='demo.churn'"))
     assert after == before

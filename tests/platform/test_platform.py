@@ -152,14 +152,13 @@ def test_status_text_json_and_token(platform):
     print("idle memory:", doc["memory"])
 
     # The Python API others use: a JWT from /auth/token opens the REST API.
-    code = (
-        "from airloop.core import settings as config; from airloop.devstack import auth;"
-        "print(auth.airflow_token(config.load()))"
-    )
-    token = subprocess.run(
-        [str(REPO / ".venvs" / "control" / "bin" / "python"), "-c", code],
-        env=env, capture_output=True, text=True, check=True,
-    ).stdout.strip()
+    from airloop.api.airflow import fetch_token
+    from airloop.core.settings import load
+    from airloop.devstack.auth import admin_credentials
+
+    settings = load(environ=env)
+    token = fetch_token(f"http://{settings.host}:{settings.ports['airflow']}",
+                        *admin_credentials(settings))
     dags = get_json(f"http://127.0.0.1:{env['AIRLOOP_AIRFLOW_PORT']}/api/v2/dags", token)
     assert "total_entries" in dags
 

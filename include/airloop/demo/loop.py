@@ -23,11 +23,12 @@ import shutil
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
 
+from airloop.api.airflow import AirflowClient
 from airloop.core.errors import AirloopError
 from airloop.core.io import error_detail, http_json
 from airloop.core.layout import layout
@@ -35,9 +36,11 @@ from airloop.core.settings import Settings
 from airloop.core.spec import load_spec
 from airloop.core.v2 import frame_columns, v2_request
 from airloop.demo import churn
-from airloop.demo.airflow import AirflowClient
 from airloop.demo.generate import write_batch
 from airloop.devstack.auth import admin_credentials
+
+if TYPE_CHECKING:
+    from airflow_client.client import DAGRunResponse
 
 BASE_DAYS = 14
 DRIFT_DAYS = 4
@@ -117,7 +120,9 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     airflow_url = f"http://{settings.host}:{settings.ports['airflow']}"
     api = AirflowClient(airflow_url, user, password)
     health = api.health()
-    bad = {k: v.get("status") for k, v in health.items() if v.get("status") != "healthy"}
+    bad = {
+        k: v.get("status") for k, v in health.to_dict().items() if v.get("status") != "healthy"
+    }
     if bad:
         raise AirloopError(f"Airflow is not healthy ({bad}); run `airloop up` first")
     p = spec.name
@@ -143,7 +148,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             write_batch(frame, paths.landing, f"{p}_{(start + timedelta(days=day)).isoformat()}")
         say(f"landed {len(days)} daily files ({len(days) * ROWS_PER_DAY} rows) in {paths.landing}")
 
-    def finish(dag_id: str, rid: str) -> dict:
+    def finish(dag_id: str, rid: str) -> DAGRunResponse:
         """Wait for a run, printing task state changes; fail unless it succeeded."""
         final = api.wait(
             dag_id,
@@ -151,12 +156,12 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             timeout=args.timeout,
             progress=lambda ch: say("   " + ", ".join(f"{k}={v}" for k, v in sorted(ch.items()))),
         )
-        if final["state"] != "success":
-            raise AirloopError(f"{dag_id} run {rid} ended {final['state']}; see the Airflow UI")
+        if final.state.value != "success":
+            raise AirloopError(f"{dag_id} run {rid} ended {final.state.value}; see the Airflow UI")
         return final
 
-    def run_dag(dag_id: str, conf: dict | None = None) -> tuple[str, dict]:
-        rid = api.trigger(dag_id, conf)["dag_run_id"]
+    def run_dag(dag_id: str, conf: dict | None = None) -> tuple[str, DAGRunResponse]:
+        rid = api.trigger(dag_id, conf).dag_run_id
         say(f"triggered {dag_id} ({rid})")
         return rid, finish(dag_id, rid)
 
@@ -172,13 +177,13 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             runs = [
                 r
                 for r in api.dag_runs(mat_id, limit=5)
-                if r["run_type"] == "asset_triggered"
-                and datetime.fromisoformat(r["run_after"]) >= since - timedelta(minutes=5)
-                and r["state"] != "failed"
+                if r.run_type.value == "asset_triggered"
+                and r.run_after >= since - timedelta(minutes=5)
+                and r.state.value != "failed"
             ]
             if runs:
-                final = api.wait(mat_id, runs[0]["dag_run_id"], timeout=args.timeout)
-                if final["state"] == "success":
+                final = api.wait(mat_id, runs[0].dag_run_id, timeout=args.timeout)
+                if final.state.value == "success":
                     say("materialize (asset-triggered): online store updated")
                     return
             time.sleep(2)
@@ -243,7 +248,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         seed=12,
     )
     send_traffic(endpoint, feedback_url, feats, labels, say, "drifted")
-    before = {r["dag_run_id"] for r in api.dag_runs(train_id, limit=50)}
+    before = {r.dag_run_id for r in api.dag_runs(train_id, limit=50)}
     rid, _ = run_dag(monitor_id)
     m2 = api.xcom(monitor_id, rid, "monitor")
     say(
@@ -255,8 +260,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     deadline = time.monotonic() + 60
     retrain_run = None
     while retrain_run is None and time.monotonic() < deadline:
-        new = [r for r in api.dag_runs(train_id, limit=50) if r["dag_run_id"] not in before]
-        retrain_run = new[0]["dag_run_id"] if new else None
+        new = [r for r in api.dag_runs(train_id, limit=50) if r.dag_run_id not in before]
+        retrain_run = new[0].dag_run_id if new else None
         time.sleep(1)
     if retrain_run is None:
         raise AirloopError(f"the monitor did not trigger {train_id}")

@@ -11,8 +11,6 @@ import base64
 import json
 import os
 import secrets
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from airloop.core.errors import AirloopError
@@ -77,24 +75,3 @@ def admin_credentials(settings: Settings) -> tuple[str, str]:
     except (FileNotFoundError, KeyError, json.JSONDecodeError) as exc:
         raise AirloopError(f"no Airflow admin password in {path}; run `airloop up` first") from exc
 
-
-def airflow_token(settings: Settings, base_url: str | None = None) -> str:
-    """Return a JWT for the Airflow REST API (``Authorization: Bearer <token>``).
-
-    POSTs the admin credentials to ``<base_url>/auth/token`` (SimpleAuthManager);
-    ``base_url`` defaults to the local api-server."""
-    base_url = (base_url or f"http://{settings.host}:{settings.ports['airflow']}").rstrip("/")
-    user, password = admin_credentials(settings)
-    req = urllib.request.Request(
-        f"{base_url}/auth/token",
-        data=json.dumps({"username": user, "password": password}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())["access_token"]
-    except urllib.error.HTTPError as exc:
-        raise AirloopError(f"Airflow token request to {base_url} failed: HTTP {exc.code}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        raise AirloopError(f"Airflow api-server at {base_url} is not reachable: {exc}") from exc
