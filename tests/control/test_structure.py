@@ -54,7 +54,8 @@ def test_a_forbidden_import_breaks_its_contract(tmp_path, module, bad_import, co
 
 
 LIGHT = ["mlflow", "ray", "feast", "pandas", "numpy", "sklearn", "evidently",
-         "great_expectations", "dvc", "mlserver", "airflow", "kubernetes", "psycopg2"]
+         "great_expectations", "dvc", "mlserver", "airflow", "kubernetes", "psycopg2",
+         "airflow_client"]
 
 
 @pytest.mark.parametrize("module", ["airloop.cli", "airloop.runtime.cli", "airloop.devstack.cli",
