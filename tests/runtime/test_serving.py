@@ -1,20 +1,25 @@
 """Deploy step + model server, end to end on real components.
 
 A real MLflow server (``mlflow_server``), a model trained and registered here on small
-synthetic data for the demo ``churn`` spec, a Feast SQLite online store written by the
-real Feast SDK, and a real ``mlserver start`` process from the serving venv running
-``AirloopRuntime``. Nothing is mocked.
+synthetic data for the demo ``churn`` spec, the project's Feast SQLite online store
+written through the runtime's own Feast store with the real SDK, and a real
+``mlserver start`` process from the serving venv running ``AirloopRuntime``. Nothing is
+mocked.
+
+The server and the registered versions are shared by the module (``world``); what a
+test needs served is a fixture (``served``: version 1 is served; ``fresh_server``:
+nothing is, so the next deploy is a first one), and every test sends the requests it
+reads back, under ids of its own. So each test passes alone and in any order.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -24,23 +29,19 @@ import pytest
 
 from helpers import PROJECTS, free_port, stop, venv_bin, wait_http
 
+from airloop.core.io import http_json
+from airloop.core.v2 import frame_columns, v2_request
+
 N_ROWS = 240
 ONLINE_ENTITIES = 40
 
 
 def _post(url: str, body, timeout: float = 30.0):
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        text = exc.read().decode()
-        try:
-            return exc.code, json.loads(text)
-        except ValueError:
-            return exc.code, text
+    return http_json("POST", url, body, timeout=timeout)
+
+
+def _rid(what: str) -> str:
+    return f"req-{what}-{uuid.uuid4().hex[:8]}"
 
 
 def _frame(spec, n: int, seed: int) -> pd.DataFrame:
@@ -96,43 +97,20 @@ def _train_and_register(spec, frame, run_id: str, c: float):
     return model, str(mv.version)
 
 
-def _write_online(spec, settings, frame, tmp_path):
-    """Materialize the first ONLINE_ENTITIES entities with the real Feast SDK."""
-    from feast import Entity, FeatureStore, FeatureView, Field, FileSource, RepoConfig, ValueType
-    from feast.types import Float64, Int64, String
+def _write_online(spec, settings, frame):
+    """Write the first ONLINE_ENTITIES entities to the project's online store with the
+    real Feast SDK, through the runtime's own store (what materialize does)."""
+    from airloop.runtime.features import store
 
-    from airloop.core.layout import layout
-
-    paths = layout(spec, settings)
-    paths.feast.mkdir(parents=True, exist_ok=True)
-    types = {"int64": Int64, "float64": Float64, "string": String}
-    dtypes = {c.name: c.dtype for c in spec.columns}
-    source = FileSource(path=str(paths.dataset_file), timestamp_field=spec.timestamp)
-    entity = Entity(name=spec.entity_name, join_keys=[spec.entity_key], value_type=ValueType.INT64)
-    views = [
-        FeatureView(
-            name=v.name, entities=[entity], ttl=timedelta(days=3650), source=source,
-            schema=[Field(name=f, dtype=types[dtypes[f]]) for f in v.features],
-        )
-        for v in spec.features.views
-    ]
-    store = FeatureStore(config=RepoConfig(
-        project=f"{spec.tenant}_{spec.name}", registry=str(tmp_path / "registry.db"),
-        provider="local", online_store={"type": "sqlite", "path": str(paths.online_store)},
-        offline_store={"type": "duckdb"}, entity_key_serialization_version=3,
-        repo_path=str(tmp_path),
-    ))
-    store.apply([entity, *views])
+    fs = store.apply(spec, settings)
     online = frame.iloc[:ONLINE_ENTITIES]
-    for v in spec.features.views:
-        store.write_to_online_store(
-            v.name, online[[spec.entity_key, spec.timestamp, *v.features]]
-        )
-    return store
+    for view, features in spec.feature_views.items():
+        fs.write_to_online_store(view, online[[spec.entity_key, spec.timestamp, *features]])
+    return fs
 
 
 @pytest.fixture(scope="module")
-def world(mlflow_server, tmp_path_factory):
+def world(mlflow_server):
     import mlflow
 
     from airloop.core import settings as config
@@ -151,7 +129,7 @@ def world(mlflow_server, tmp_path_factory):
     run1, run2 = f"test__{tag}_1", f"test__{tag}_2"
     model1, v1 = _train_and_register(spec, frame, run1, c=1.0)
     model2, v2 = _train_and_register(spec, frame, run2, c=0.01)
-    _write_online(spec, settings, frame, tmp_path_factory.mktemp("feast"))
+    _write_online(spec, settings, frame)
 
     repo = settings.model_repository
     repo.mkdir(parents=True, exist_ok=True)
@@ -176,26 +154,39 @@ def world(mlflow_server, tmp_path_factory):
         log.close()
 
 
+@pytest.fixture
+def fresh_server(world):
+    """Nothing of the project is served: unloaded from MLServer, its folder removed."""
+    spec, settings = world["spec"], world["settings"]
+    name = spec.serving_name
+    http_json("POST", f"{settings.model_server_url}/v2/repository/models/{name}/unload")
+    shutil.rmtree(settings.model_repository / name, ignore_errors=True)
+    status, _ = http_json("GET", f"{settings.model_server_url}/v2/models/{name}/ready")
+    assert status != 200, "the model is still served"
+    return world
+
+
+@pytest.fixture
+def served(world):
+    """Version 1 is served (deployed by the step; a no-op when it already is)."""
+    from airloop.runtime.steps import deploy
+
+    result = deploy.run(world["spec"], run_id=world["runs"][0], settings=world["settings"])
+    assert result["version"] == world["versions"][0]
+    return world
+
+
 def _infer_url(w):
     return f"{w['settings'].model_server_url}/v2/models/{w['spec'].serving_name}/infer"
 
 
 def _full_request(w, rows: pd.DataFrame, rid: str | None = None) -> dict:
-    from airloop.runtime.steps.deploy import _v2_input
-
-    body = {"inputs": [_v2_input(c, rows[c].tolist()) for c in w["spec"].feature_columns],
-            "parameters": {"content_type": "pd"}}
-    if rid:
-        body["id"] = rid
-    return body
+    return v2_request(frame_columns(rows[w["spec"].feature_columns]), rid,
+                      parameters={"content_type": "pd"})
 
 
 def _entity_request(w, ids, rid=None) -> dict:
-    body = {"inputs": [{"name": w["spec"].entity_key, "shape": [len(ids)], "datatype": "INT64",
-                        "data": list(ids)}]}
-    if rid:
-        body["id"] = rid
-    return body
+    return v2_request({w["spec"].entity_key: list(ids)}, rid)
 
 
 def _outputs(answer):
@@ -210,9 +201,10 @@ def test_deploy_without_a_registered_version_fails(world):
         deploy.run(world["spec"], run_id="no_such_run", settings=world["settings"])
 
 
-def test_deploy_then_infer_with_full_features(world):
+def test_deploy_then_infer_with_full_features(fresh_server):
     from airloop.runtime.steps import deploy
 
+    world = fresh_server
     spec, settings = world["spec"], world["settings"]
     result = deploy.run(spec, run_id=world["runs"][0], settings=settings)
     assert result["version"] == world["versions"][0] and result["loaded"] is True
@@ -224,9 +216,10 @@ def test_deploy_then_infer_with_full_features(world):
     assert ms["parameters"]["version"] == world["versions"][0]
 
     rows = world["frame"].iloc[100:103]
-    status, answer = _post(_infer_url(world), _full_request(world, rows, "req-full-1"))
+    rid = _rid("full")
+    status, answer = _post(_infer_url(world), _full_request(world, rows, rid))
     assert status == 200, answer
-    assert answer["id"] == "req-full-1"
+    assert answer["id"] == rid
     out = _outputs(answer)
     expected = world["models"][0].predict_proba(rows[spec.feature_columns])[:, 1]
     assert out["score"] == pytest.approx(expected.tolist(), abs=1e-9)
@@ -236,12 +229,14 @@ def test_deploy_then_infer_with_full_features(world):
     assert "predict: estimator" in world["log"].read_text()
 
 
-def test_infer_with_entity_ids_only_joins_online_features(world):
+def test_infer_with_entity_ids_only_joins_online_features(served):
+    world = served
     spec = world["spec"]
     ids = [1, 7, 40]
-    status, answer = _post(_infer_url(world), _entity_request(world, ids, "req-entity-1"))
+    rid = _rid("entity")
+    status, answer = _post(_infer_url(world), _entity_request(world, ids, rid))
     assert status == 200, answer
-    assert answer["id"] == "req-entity-1"
+    assert answer["id"] == rid
     rows = world["frame"].set_index(spec.entity_key).loc[ids, spec.feature_columns]
     expected = world["models"][0].predict_proba(rows)[:, 1]
     assert _outputs(answer)["score"] == pytest.approx(expected.tolist(), abs=1e-9)
@@ -250,15 +245,26 @@ def test_infer_with_entity_ids_only_joins_online_features(world):
     assert status == 200 and uuid.UUID(answer["id"])
 
 
-def test_prediction_log_has_every_row_with_its_id(world):
+def _predict(world, entity_ids, rows) -> tuple[str, str]:
+    """One entity-only and one full-feature request; their ids."""
+    by_entity, full = _rid("entity"), _rid("full")
+    for body in (_entity_request(world, entity_ids, by_entity), _full_request(world, rows, full)):
+        status, answer = _post(_infer_url(world), body)
+        assert status == 200, answer
+    return by_entity, full
+
+
+def test_prediction_log_has_every_row_with_its_id(served):
     from airloop.core.predlog import read_window
 
+    world = served
+    by_entity, by_features = _predict(world, [1, 7, 40], world["frame"].iloc[100:103])
     now = datetime.now(UTC)
     records = list(read_window(world["paths"].predictions, now - timedelta(hours=1),
                                now + timedelta(minutes=1)))
-    mine = sorted((r["row"], r["entity"]) for r in records if r["id"] == "req-entity-1")
+    mine = sorted((r["row"], r["entity"]) for r in records if r["id"] == by_entity)
     assert mine == [(0, 1), (1, 7), (2, 40)]
-    full = [r for r in records if r["id"] == "req-full-1"]
+    full = [r for r in records if r["id"] == by_features]
     assert [r["row"] for r in full] == [0, 1, 2]
     rec = full[0]
     assert rec["model"] == world["spec"].serving_name and rec["version"] == world["versions"][0]
@@ -266,18 +272,21 @@ def test_prediction_log_has_every_row_with_its_id(world):
     assert rec["prediction"] == int(rec["score"] >= 0.5)
 
 
-def test_feedback_endpoint_and_cli_append_labels(world, tmp_path):
+def test_feedback_endpoint_and_cli_append_labels(served, tmp_path):
     from airloop.core.predlog import read_window
     from airloop.serving import cli as serving_cli
 
+    world = served
+    by_entity, by_features = _predict(world, [1, 7, 40], world["frame"].iloc[100:103])
+    never = _rid("never-predicted")
     url = _infer_url(world).rsplit("/", 1)[0] + "/feedback"
-    body = {"labels": [{"id": "req-entity-1", "row": 0, "label": 1},
-                       {"id": "req-entity-1", "row": 2, "label": 0},
-                       {"id": "never-predicted", "row": 0, "label": 1}]}
+    body = {"labels": [{"id": by_entity, "row": 0, "label": 1},
+                       {"id": by_entity, "row": 2, "label": 0},
+                       {"id": never, "row": 0, "label": 1}]}
     status, answer = _post(url, body)
     assert status == 200, answer
     assert answer["stored"] == 3 and answer["unknown_ids"] == 1
-    for bad in ({"labels": [{"id": "req-entity-1", "row": 0, "label": 7}]},
+    for bad in ({"labels": [{"id": by_entity, "row": 0, "label": 7}]},
                 {"labels": [{"row": 0, "label": 1}]}, {"labels": []}, {"nope": 1}):
         status, answer = _post(url, bad)
         assert status == 400 and answer["error"], (bad, answer)
@@ -287,7 +296,7 @@ def test_feedback_endpoint_and_cli_append_labels(world, tmp_path):
     assert status == 404
 
     labels = tmp_path / "labels.csv"
-    labels.write_text("id,row,label\nreq-full-1,0,1\nreq-full-1,1,0\n")
+    labels.write_text(f"id,row,label\n{by_features},0,1\n{by_features},1,0\n")
     parser = serving_cli.build_parser()
     args = parser.parse_args(["feedback", "--project", "churn", "--file", str(labels)])
     assert args.func(args, world["settings"]) == 0
@@ -295,9 +304,9 @@ def test_feedback_endpoint_and_cli_append_labels(world, tmp_path):
     now = datetime.now(UTC)
     got = {(r["id"], r["row"]): r["label"] for r in read_window(
         world["paths"].feedback, now - timedelta(hours=1), now + timedelta(minutes=1))}
-    assert got[("req-entity-1", 0)] == 1 and got[("req-entity-1", 2)] == 0
-    assert got[("never-predicted", 0)] == 1
-    assert got[("req-full-1", 0)] == 1 and got[("req-full-1", 1)] == 0
+    assert got[(by_entity, 0)] == 1 and got[(by_entity, 2)] == 0
+    assert got[(never, 0)] == 1
+    assert got[(by_features, 0)] == 1 and got[(by_features, 1)] == 0
 
     bad_file = tmp_path / "bad.csv"
     bad_file.write_text("id,row,label\nx,0,1\ny,0,maybe\n")
@@ -308,7 +317,8 @@ def test_feedback_endpoint_and_cli_append_labels(world, tmp_path):
         args.func(args, world["settings"])
 
 
-def test_malformed_payloads_are_4xx_and_the_server_keeps_serving(world):
+def test_malformed_payloads_are_4xx_and_the_server_keeps_serving(served):
+    world = served
     spec = world["spec"]
     good = _full_request(world, world["frame"].iloc[5:6])
     unknown_col = json.loads(json.dumps(good))
@@ -339,10 +349,13 @@ def test_malformed_payloads_are_4xx_and_the_server_keeps_serving(world):
     assert world["proc"].poll() is None
 
 
-def test_redeploy_same_version_is_a_noop_and_a_new_version_swaps(world):
+def test_redeploy_same_version_is_a_noop_and_a_new_version_swaps(fresh_server):
     from airloop.runtime.steps import deploy
 
+    world = fresh_server
     spec, settings = world["spec"], world["settings"]
+    first = deploy.run(spec, run_id=world["runs"][0], settings=settings)
+    assert first["loaded"] is True and first["version"] == world["versions"][0]
     again = deploy.run(spec, run_id=world["runs"][0], settings=settings)
     assert again["loaded"] is False and again["version"] == world["versions"][0]
 
@@ -356,8 +369,8 @@ def test_redeploy_same_version_is_a_noop_and_a_new_version_swaps(world):
     # the old version is gone from the server; the feedback route still works
     base = settings.model_server_url
     old = world["versions"][0]
-    with pytest.raises(urllib.error.HTTPError):
-        urllib.request.urlopen(f"{base}/v2/models/{spec.serving_name}/versions/{old}/ready")
+    status, _ = http_json("GET", f"{base}/v2/models/{spec.serving_name}/versions/{old}/ready")
+    assert status != 200
     status, answer = _post(_infer_url(world).rsplit("/", 1)[0] + "/feedback",
                            {"labels": [{"id": answer["id"], "label": 1}]})
     assert status == 200 and answer["unknown_ids"] == 0
