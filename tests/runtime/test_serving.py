@@ -197,7 +197,7 @@ def test_deploy_without_a_registered_version_fails(world):
     from airloop.core.errors import AirloopError
     from airloop.runtime.steps import deploy
 
-    with pytest.raises(AirloopError, match="airloop.dag_run_id"):
+    with pytest.raises(AirloopError, match="no registered version .*'no_such_run'"):
         deploy.run(world["spec"], run_id="no_such_run", settings=world["settings"])
 
 

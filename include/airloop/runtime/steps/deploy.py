@@ -3,7 +3,8 @@
 ``airloop deploy --project P --run-id R``
 
 Input: the model version of ``spec.model_name`` tagged ``airloop.dag_run_id = R`` (made
-by the register step; none is an error). For ``deployment.target == "local"``:
+by the register step, found by :func:`airloop.runtime.tracking.require_challenger`; none
+is an error). For ``deployment.target == "local"``:
 
 1. download the model artifacts to ``<model_repository>/<serving_name>/v<version>``;
 2. write ``<model_repository>/<serving_name>/model-settings.json`` atomically
@@ -11,8 +12,9 @@ by the register step; none is an error). For ``deployment.target == "local"``:
    ``version`` and ``extra``: features, views, online store, log folders);
 3. load it through MLServer's repository API and wait until that version is ready
    (MLServer unloads the previously served version once the new one is loaded);
-4. send one smoke request (entity id only when the online store has rows, else the
-   newest dataset row with every feature) and require a score back.
+4. send one smoke request (an entity id only, when Feast's online store has a complete
+   row for one of the dataset's newest entities; else the newest dataset row with every
+   feature) and require a score back.
 
 ``seldon`` and ``kserve`` hand over to :func:`airloop.runtime.serving_targets.kubernetes.deploy`.
 
@@ -29,20 +31,27 @@ import os
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
-from airloop.core.settings import Settings
+import mlflow
+import pandas as pd
+
 from airloop.core.errors import AirloopError
+from airloop.core.io import error_detail, http_json, write_json
 from airloop.core.layout import layout
+from airloop.core.settings import Settings
 from airloop.core.spec import ProjectSpec
+from airloop.core.v2 import frame_columns, v2_request
+from airloop.runtime import tracking
+from airloop.runtime.features.store import online_features, online_location
 
 log = logging.getLogger("airloop.deploy")
 
 RUNTIME = "airloop.serving.mlserver.AirloopRuntime"
+#: The smoke request looks for an online row among this many of the newest entities.
+SMOKE_CANDIDATES = 1000
 
 
 def add_arguments(parser) -> None:
@@ -52,32 +61,12 @@ def add_arguments(parser) -> None:
     )
 
 
-def find_version(spec: ProjectSpec, run_id: str, tracking_uri: str):
-    """The model version registered by DAG run ``run_id`` (the newest if several)."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri)
-    try:
-        versions = client.search_model_versions(f"name = '{spec.model_name}'", max_results=10000)
-    except mlflow.exceptions.MlflowException as exc:
-        raise AirloopError(f"cannot list versions of {spec.model_name}: {exc.message}") from exc
-    mine = [v for v in versions if (v.tags or {}).get("airloop.dag_run_id") == run_id]
-    if not mine:
-        raise AirloopError(
-            f"no version of model {spec.model_name} is tagged airloop.dag_run_id={run_id!r} "
-            "(did the register step run in this DAG run?)"
-        )
-    return max(mine, key=lambda v: int(v.version))
-
-
 def runtime_extra(spec: ProjectSpec, settings: Settings, version: str) -> dict[str, Any]:
     """``parameters.extra`` of the model settings read by ``AirloopRuntime``.
 
-    ``online_store`` is where the project's Feast online store lives, in the form
-    :class:`airloop.serving.online.OnlineReader` takes: the ``redis://`` URL when
+    ``online_store`` is where the project's Feast online store lives, in the form the
+    serving plane's online reader takes: the ``redis://`` URL when
     ``AIRLOOP_FEAST_ONLINE`` configures Redis (production), else the SQLite file."""
-    from airloop.runtime.features.store import online_location
-
     paths = layout(spec, settings)
     return {
         "project": spec.name,
@@ -95,36 +84,17 @@ def runtime_extra(spec: ProjectSpec, settings: Settings, version: str) -> dict[s
     }
 
 
-def _http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw.strip() else None
-    except urllib.error.HTTPError as exc:
-        raw = exc.read().decode(errors="replace")
-        try:
-            return exc.code, json.loads(raw)
-        except ValueError:
-            return exc.code, raw
-    except (urllib.error.URLError, OSError) as exc:
-        raise AirloopError(f"model server {url} is unreachable: {exc}") from exc
-
-
-def _download(name: str, version: str, dest: Path) -> None:
+def _download(name: str, version: str, dest: Path, settings: Settings) -> None:
     """Model artifacts into ``dest`` (atomic: a partial download never lands there)."""
-    import mlflow
-
     if (dest / "MLmodel").is_file():
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        local = Path(
-            mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(tmp))
-        )
+        local = Path(mlflow.artifacts.download_artifacts(
+            f"models:/{name}/{version}", dst_path=str(tmp),
+            tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri,
+        ))
         if not (local / "MLmodel").is_file():
             raise AirloopError(f"models:/{name}/{version} has no MLmodel file")
         if dest.exists():
@@ -134,59 +104,38 @@ def _download(name: str, version: str, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_atomic(path: Path, doc: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def _ready(base: str, name: str, version: str) -> bool:
-    status, _ = _http("GET", f"{base}/v2/models/{name}/versions/{version}/ready", timeout=5)
+    status, _ = http_json("GET", f"{base}/v2/models/{name}/versions/{version}/ready", timeout=5)
     return status == 200
 
 
-def _smoke_request(spec: ProjectSpec, settings: Settings, extra: dict) -> dict:
-    """Entity id only when the online store has rows, else the newest dataset row."""
-    from airloop.serving.online import OnlineReader, OnlineStoreUnavailable
+def smoke_request(spec: ProjectSpec, settings: Settings) -> dict:
+    """A one-row V2 request: an entity id only when the online store has a complete row.
 
+    Feast cannot list the entities of an online store, so the candidates are the
+    dataset's :data:`SMOKE_CANDIDATES` newest entities, read online through the Feast
+    SDK (:func:`~airloop.runtime.features.store.online_features`); the first with every
+    feature is sent as an id (the server joins its features). Without one (nothing
+    materialized yet, or no feature service registered), the newest dataset row is
+    sent with every feature.
+    """
     rid = f"smoke-{uuid.uuid4().hex[:12]}"
-    reader = OnlineReader(extra["online_store"], extra["feast_project"], extra["views"],
-                          spec.entity_key, spec.entity_dtype)
-    try:
-        entities = reader.sample_entities(1)
-        if entities and reader.get(entities)[0] is not None:
-            return {"id": rid, "inputs": [_v2_input(spec.entity_key, entities)]}
-    except OnlineStoreUnavailable:
-        pass
-    finally:
-        reader.close()
     dataset = layout(spec, settings).dataset_file
     if not dataset.is_file():
-        raise AirloopError(
-            f"no smoke input: the online store {extra['online_store']} has no rows "
-            f"and {dataset} does not exist"
-        )
-    import pandas as pd
-
-    frame = pd.read_parquet(dataset, columns=[spec.timestamp, *spec.feature_columns])
-    row = frame.sort_values(spec.timestamp).tail(1)
-    return {
-        "id": rid,
-        "inputs": [_v2_input(c, row[c].tolist()) for c in spec.feature_columns],
-    }
-
-
-def _v2_input(name: str, values: list) -> dict:
-    values = [v.item() if hasattr(v, "item") else v for v in values]
-    if all(isinstance(v, bool) for v in values):
-        dtype = "BOOL"
-    elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        dtype = "INT64"
-    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        dtype = "FP64"
+        raise AirloopError(f"no smoke input: {dataset} does not exist (run the ingest step)")
+    frame = pd.read_parquet(dataset, columns=[spec.entity_key, spec.timestamp,
+                                              *spec.feature_columns])
+    frame = frame.sort_values(spec.timestamp, kind="stable")
+    newest = frame[spec.entity_key].drop_duplicates(keep="last").tail(SMOKE_CANDIDATES)
+    try:
+        online = online_features(spec, settings, newest.tolist()[::-1])
+    except AirloopError as exc:  # feature service not registered: nothing online yet
+        log.info("smoke request without online features: %s", exc)
     else:
-        dtype, values = "BYTES", [str(v) for v in values]
-    return {"name": name, "shape": [len(values)], "datatype": dtype, "data": values}
+        complete = online.dropna(subset=spec.feature_columns)
+        if len(complete):
+            return v2_request({spec.entity_key: complete[spec.entity_key].head(1).tolist()}, rid)
+    return v2_request(frame_columns(frame.tail(1)[spec.feature_columns]), rid)
 
 
 def deploy_local(
@@ -209,19 +158,19 @@ def deploy_local(
     if current == doc and (target / "MLmodel").is_file() and _ready(base, name, version):
         log.info("%s v%s is already served; nothing to load", name, version)
     else:
-        _download(spec.model_name, version, target)
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(settings_path, doc)
-        status, answer = _http("POST", f"{base}/v2/repository/models/{name}/load",
-                               timeout=timeout)
+        _download(spec.model_name, version, target, settings)
+        write_json(settings_path, doc)
+        status, answer = http_json("POST", f"{base}/v2/repository/models/{name}/load",
+                                   timeout=timeout)
         if status != 200:
             # Keep serving what was served: put the previous settings back.
             if current is not None:
-                _write_atomic(settings_path, current)
+                write_json(settings_path, current)
             else:
                 settings_path.unlink(missing_ok=True)
-            msg = answer.get("error") if isinstance(answer, dict) else answer
-            raise AirloopError(f"model server could not load {name} v{version}: {status} {msg}")
+            raise AirloopError(
+                f"model server could not load {name} v{version}: {status} {error_detail(answer)}"
+            )
         loaded = True
         deadline = time.monotonic() + timeout
         while not _ready(base, name, version):
@@ -230,8 +179,8 @@ def deploy_local(
             time.sleep(0.5)
         _prune(folder, keep=str(version), previous=current)
     endpoint = f"{base}/v2/models/{name}/infer"
-    request = _smoke_request(spec, settings, extra)
-    status, answer = _http("POST", endpoint, request, timeout=60)
+    request = smoke_request(spec, settings)
+    status, answer = http_json("POST", endpoint, request, timeout=60)
     outputs = {o["name"]: o["data"] for o in (answer or {}).get("outputs", [])} \
         if isinstance(answer, dict) else {}
     if status != 200 or not outputs.get("score") or not outputs.get("prediction"):
@@ -268,21 +217,19 @@ def run(spec: ProjectSpec, *, run_id: str, settings: Settings, timeout: float = 
     Raises :class:`AirloopError` when the run registered no version, the model server
     refuses or cannot load it, or the smoke request gets no prediction back.
     """
-    import mlflow
-
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mv = find_version(spec, run_id, settings.tracking_uri)
-    version = str(mv.version)
-    model_uri = f"models:/{spec.model_name}/{version}"
+    client = tracking.client(settings)
+    version = int(tracking.require_challenger(client, spec, run_id).version)
     target = spec.deployment.target
     if target == "local":
-        return deploy_local(spec, version=version, model_uri=model_uri, settings=settings,
+        model_uri = f"models:/{spec.model_name}/{version}"
+        return deploy_local(spec, version=str(version), model_uri=model_uri, settings=settings,
                             timeout=timeout)
     if target in ("seldon", "kserve"):
         from airloop.runtime.serving_targets import kubernetes as k8s_serving
 
-        result = k8s_serving.deploy(spec, version=version, model_uri=model_uri,
+        model_uri = f"models:/{spec.model_name}/{version}"
+        result = k8s_serving.deploy(spec, version=str(version), model_uri=model_uri,
                                     settings=settings)
-        return {"target": target, "serving_name": spec.serving_name, "version": version,
+        return {"target": target, "serving_name": spec.serving_name, "version": str(version),
                 **result}
     raise AirloopError(f"unknown deployment target {target!r}")
