@@ -11,6 +11,10 @@
   ``additionalProperties`` nor ``x-kubernetes-preserve-unknown-fields`` rejects
   unknown fields.
 * :func:`container_problems` lists restricted-profile and resource violations.
+
+The CRD part needs only jsonschema and PyYAML, so the runtime tier reuses it too (the
+deploy step's fake Kubernetes API server validates what it is sent with
+:func:`validate_custom`).
 """
 
 from __future__ import annotations
@@ -119,11 +123,23 @@ def _strict(node: Any) -> Any:
 
 
 @cache
+def _file_crds(path: Path) -> tuple[dict[str, Any], ...]:
+    return tuple(
+        crd for crd in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader)
+        if crd and crd.get("kind") == "CustomResourceDefinition"
+    )
+
+
+def crds(group: str) -> list[dict[str, Any]]:
+    """The CustomResourceDefinitions of one API group kept in :data:`CRD_DIRS` (parsed
+    once per file; a fake API server serves discovery from them)."""
+    return [crd for path in crd_files(group) for crd in _file_crds(path)]
+
+
+@cache
 def _file_schemas(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
     schemas = {}
-    for crd in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader):
-        if not crd or crd.get("kind") != "CustomResourceDefinition":
-            continue
+    for crd in _file_crds(path):
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
         for version in crd["spec"]["versions"]:
             if version.get("served", True):

@@ -1,21 +1,18 @@
-"""Deploy step in kubernetes mode: resources built for a registered model version are
-valid against the published Seldon Core 2 / KServe CRD schemas, and ``apply`` uses
-server-side apply idempotently.
+"""The Kubernetes serving targets' pure parts: resources built for a registered model
+version are valid against the published Seldon Core 2 / KServe CRD schemas, the
+registry's artifact URI is mapped to one a cluster can pull, and the chart's tenant
+settings agree with both.
 
-There is no Kubernetes API server on this machine, so ``apply`` is tested against a
-fake: a tiny local HTTP server that implements the server-side-apply PATCH endpoint
-(it stores the applied object per path and records every request).
+Applying them goes through the deploy step, against a fake API server, in the runtime
+tier: ``tests/runtime/test_deploy_kubernetes.py``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import threading
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
 import pytest
@@ -134,12 +131,104 @@ def test_build_is_deterministic():
     [
         ("local", 1, URI, "deployment.target='local'"),
         ("seldon", 0, URI, "positive integer"),
+        ("seldon", "3", URI, "positive integer"),
         ("kserve", 1, "model.pkl", "not a storage URI"),
+        ("kserve", 1, "models:/churn/1", "not a storage URI"),
+        ("kserve", 1, "mlflow-artifacts:/1/models/m-1/artifacts", "not a storage URI"),
     ],
 )
 def test_bad_input_is_one_clear_error(target, version, uri, message):
-    with pytest.raises(AirloopError, match=message):
+    with pytest.raises(AirloopError, match=message) as err:
         serving.build_resources(spec_with(target=target), version, uri, None)
+    assert "\n" not in str(err.value)
+
+
+def test_kserve_canary_needs_a_different_previous_version():
+    """Re-deploying the champion itself is a full rollout, not a split with itself."""
+    spec = spec_with(target="kserve", canary_traffic=25)
+    (isvc,) = serving.build_resources(spec, 4, URI, None, previous_version=4)
+    assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+    _, experiment = serving.build_resources(spec_with(target="seldon", canary_traffic=25), 4, URI,
+                                            None, previous_version=4)
+    assert experiment["spec"]["candidates"] == [{"name": "demo-churn-v4", "weight": 100}]
+
+
+ROOT = "s3://airloop-mlflow/artifacts"
+
+
+@pytest.mark.parametrize(
+    "download_uri, root, expected",
+    [
+        # MLflow 3 logged model behind a proxying server (the register step's versions)
+        ("mlflow-artifacts:/1/models/m-0a1b/artifacts", ROOT,
+         "s3://airloop-mlflow/artifacts/1/models/m-0a1b/artifacts"),
+        # the host form, and a root given with a trailing slash
+        ("mlflow-artifacts://mlflow:5000/1/abc/artifacts/model", ROOT + "/",
+         "s3://airloop-mlflow/artifacts/1/abc/artifacts/model"),
+        # already an object-store location: unchanged, the root is not needed
+        ("s3://other-bucket/models/churn/3", None, "s3://other-bucket/models/churn/3"),
+        ("gs://bucket/m/1", ROOT, "gs://bucket/m/1"),
+    ],
+)
+def test_storage_uri_maps_proxied_artifacts_under_the_root(download_uri, root, expected):
+    assert serving.storage_uri(download_uri, root) == expected
+
+
+@pytest.mark.parametrize(
+    "download_uri, root, message",
+    [
+        ("mlflow-artifacts:/1/models/m-1/artifacts", None,
+         "proxied by the MLflow server.*set AIRLOOP_MLFLOW_ARTIFACTS_URI"),
+        ("mlflow-artifacts:/1/models/m-1/artifacts", "file:///srv/mlartifacts",
+         "cannot be pulled by a cluster.*AIRLOOP_MLFLOW_ARTIFACTS_URI"),
+        ("file:///tmp/mlruns/1/abc/artifacts/model", ROOT, "cannot be pulled by a cluster"),
+        ("runs:/abc/model", ROOT, "cannot be pulled by a cluster"),
+    ],
+)
+def test_unpullable_artifacts_are_one_clear_error(download_uri, root, message):
+    with pytest.raises(AirloopError, match=message) as err:
+        serving.storage_uri(download_uri, root)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"version": "3", "model_uri": URI}, "version must be a positive integer"),
+        ({"version": 3, "model_uri": URI, "previous_version": "2"}, "previous_version"),
+        ({"version": 3, "model_uri": "models:/churn/3"}, "not a storage URI"),
+    ],
+)
+def test_serving_request_is_typed(fields, message):
+    with pytest.raises(AirloopError, match=message):
+        serving.ServingRequest(**fields)
+
+
+@pytest.mark.parametrize("values", [{}, "production"], ids=["default", "production"])
+def test_chart_tenant_env_names_mlflows_artifact_destination(values):
+    """AIRLOOP_MLFLOW_ARTIFACTS_URI in the tenant ConfigMap is the exact value MLflow gets
+    as --artifacts-destination, so a mapped URI points at the bytes the server stored."""
+    import yaml
+    from chart_utils import CHART, render_chart
+
+    if values == "production":
+        values = yaml.safe_load((CHART / "values-production.yaml").read_text())
+    objs = render_chart(values, ["templates/tenants/tenants-configmap.yaml",
+                                 "templates/mlflow/mlflow-deployment.yaml"])
+    (mlflow,) = [o for o in objs if o["kind"] == "Deployment"]
+    args = mlflow["spec"]["template"]["spec"]["containers"][0]["args"]
+    (destination,) = [a.split("=", 1)[1] for a in args if a.startswith("--artifacts-destination=")]
+    for cm in [o for o in objs if o["kind"] == "ConfigMap"]:
+        settings = load_settings(cm["data"])
+        assert settings.mlflow_artifacts_uri == destination.rstrip("/")
+        uri = serving.storage_uri("mlflow-artifacts:/3/models/m-1/artifacts",
+                                  settings.mlflow_artifacts_uri)
+        assert uri == f"{destination.rstrip('/')}/3/models/m-1/artifacts"
+        options = replace(serving.options_from_settings(settings), cluster_target=None)
+        for target in serving.TARGETS:
+            for obj in serving.build_resources(spec_with(target=target), 3, uri, None,
+                                               options=options):
+                validate_object(obj)
 
 
 def test_validator_rejects_wrong_type_and_unknown_field():
@@ -188,104 +277,3 @@ def test_experiment_validated_against_seldon_crd(mutate, message):
         validate_object(bad)
 
 
-# -- server-side apply against a fake API server ---------------------------------------
-class FakeApiServer(ThreadingHTTPServer):
-    """Implements only PATCH with application/apply-patch+yaml (server-side apply)."""
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.requests: list[dict] = []
-        self.objects: dict[str, dict] = {}
-        self.changes = 0
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def do_PATCH(self):
-        url = urlsplit(self.path)
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        record = {
-            "path": url.path,
-            "query": parse_qs(url.query),
-            "content_type": self.headers["Content-Type"],
-            "body": body,
-        }
-        self.server.requests.append(record)
-        if record["content_type"] != "application/apply-patch+yaml":
-            return self._send(415, {"kind": "Status", "message": "unsupported patch type"})
-        if "fieldManager" not in record["query"]:
-            return self._send(422, {"kind": "Status", "message": "fieldManager is required"})
-        obj = json.loads(body)  # JSON is YAML; the client sends JSON
-        if self.server.objects.get(url.path) != obj:
-            self.server.changes += 1
-        self.server.objects[url.path] = obj
-        self._send(200, obj)
-
-    def _send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-@pytest.fixture
-def fake_api():
-    from kubernetes import client
-
-    server = FakeApiServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    cfg = client.Configuration()
-    cfg.host = f"http://127.0.0.1:{server.server_address[1]}"
-    api = client.ApiClient(cfg)
-    yield server, api
-    api.close()
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.mark.parametrize("target", ["seldon", "kserve"])
-def test_deploy_applies_server_side_and_is_idempotent(fake_api, target, monkeypatch):
-    server, api = fake_api
-    monkeypatch.delenv("AIRLOOP_NAMESPACE", raising=False)
-    spec = spec_with(target=target, canary_traffic=30)
-    result = serving.deploy(spec, version=2, model_uri=URI, settings=load_settings({}), previous_version=1,
-                            api_client=api)
-    first = list(server.requests)
-    assert first and all(r["content_type"] == "application/apply-patch+yaml" for r in first)
-    assert all(r["query"]["fieldManager"] == ["airloop"] for r in first)
-    assert all(r["query"]["force"] == ["true"] for r in first)
-    paths = [r["path"] for r in first]
-    if target == "seldon":
-        assert paths == [
-            "/apis/mlops.seldon.io/v1alpha1/namespaces/airloop-demo/models/demo-churn-v2",
-            "/apis/mlops.seldon.io/v1alpha1/namespaces/airloop-demo/experiments/demo-churn",
-        ]
-    else:
-        assert paths == [
-            "/apis/serving.kserve.io/v1beta1/namespaces/airloop-demo/inferenceservices/demo-churn"
-        ]
-    assert result["canary_traffic"] == 30 and result["previous_version"] == 1
-    changes = server.changes
-    serving.deploy(spec, version=2, model_uri=URI, settings=load_settings({}), previous_version=1, api_client=api)
-    second = server.requests[len(first):]
-    assert [r["body"] for r in second] == [r["body"] for r in first]
-    assert server.changes == changes, "applying twice must change nothing"
-
-
-def test_apply_error_names_the_object(fake_api, monkeypatch):
-    """An API error becomes one AirloopError line naming the object."""
-    server, api = fake_api
-    from kubernetes.client.exceptions import ApiException
-
-    def refuse(*args, **kwargs):
-        raise ApiException(status=403, reason="Forbidden")
-
-    monkeypatch.setattr(api, "call_api", refuse)
-    resources = serving.build_resources(spec_with(target="kserve"), 1, URI, None)
-    with pytest.raises(AirloopError, match="InferenceService airloop-demo/demo-churn failed: HTTP 403"):
-        serving.apply(resources, api_client=api)

@@ -158,6 +158,16 @@ class Settings(BaseSettings):
         None, description="Secret with the object-store credentials of Seldon models"
     )
     serving_target: Target | None = Field(None, description="the chart's serving.target")
+    mlflow_artifacts_uri: str | None = Field(
+        None,
+        description="object-store root behind the MLflow server's proxied artifacts (its "
+        "--artifacts-destination): where a cluster pulls mlflow-artifacts:/ paths from",
+    )
+    kubeconfig: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("KUBECONFIG", "kubeconfig"),
+        description="kubeconfig of the deploy step outside a cluster (else in-cluster)",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -171,6 +181,14 @@ class Settings(BaseSettings):
         value = (value or "").strip() or None
         if value is not None and not value.startswith(("redis://", "rediss://")):
             raise ValueError("expected redis://host:port/db or unset")
+        return value
+
+    @field_validator("mlflow_artifacts_uri")
+    @classmethod
+    def _artifact_root(cls, value: str | None) -> str | None:
+        value = (value or "").strip().rstrip("/") or None
+        if value is not None and "://" not in value:
+            raise ValueError("expected an object-store URI such as s3://bucket/prefix")
         return value
 
     @field_validator("mode", mode="before")

@@ -12,28 +12,100 @@ runtime:
   ``protocolVersion: v2``); a canary is KServe's own ``canaryTrafficPercent``: the new
   ``storageUri`` gets that share, the previous revision the rest.
 
-:func:`build_resources` is pure (dicts in, dicts out); :func:`apply` sends them with
-server-side apply (``PATCH`` with ``application/apply-patch+yaml``, field manager
-``airloop``), which is idempotent: applying the same objects twice changes nothing.
+The deploy step hands over one :class:`ServingRequest` (integer version, an object-store
+URI the cluster can pull — see :func:`storage_uri` — and the champion it replaces).
+:func:`build_resources` is pure (dicts in, dicts out); :func:`apply` sends them with the
+official client's dynamic server-side apply (``PATCH`` with
+``application/apply-patch+yaml``, field manager ``airloop``), which is idempotent:
+applying the same objects twice changes nothing.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import DynamicApiError, ResourceNotFoundError
+from urllib3.exceptions import HTTPError as TransportError
 
 from airloop.core.errors import AirloopError
 from airloop.core.naming import label, tenant_namespace
+from airloop.core.settings import env_name
 
 FIELD_MANAGER = "airloop"
 TARGETS = ("seldon", "kserve")
+#: Schemes both KServe's storage initializer and Seldon Core 2's rclone agent pull from
+#: an object store with the credentials the chart configures.
+PULLABLE_SCHEMES = ("s3", "gs")
+#: MLflow's proxied-artifact scheme: a path under the server's --artifacts-destination.
+MLFLOW_ARTIFACTS = "mlflow-artifacts"
 
-#: (group, version, plural) of every kind built here; "" is the core API group.
-KINDS: dict[str, tuple[str, str, str]] = {
-    "Model": ("mlops.seldon.io", "v1alpha1", "models"),
-    "Experiment": ("mlops.seldon.io", "v1alpha1", "experiments"),
-    "InferenceService": ("serving.kserve.io", "v1beta1", "inferenceservices"),
-}
+
+def _pullable(uri: str) -> bool:
+    parts = urlsplit(uri)
+    return parts.scheme in PULLABLE_SCHEMES and bool(parts.netloc)
+
+
+def storage_uri(download_uri: str, artifacts_root: str | None) -> str:
+    """The object-store URI a cluster pulls for a model version's download URI.
+
+    ``download_uri`` is what the registry returns
+    (``MlflowClient.get_model_version_download_uri``). An MLflow server that proxies
+    artifacts returns ``mlflow-artifacts:/<path>``, which only the MLflow server can
+    resolve; it is ``<path>`` under the server's ``--artifacts-destination``, given here
+    as ``artifacts_root`` (``AIRLOOP_MLFLOW_ARTIFACTS_URI``). Raises one
+    :class:`AirloopError` line naming that setting when no pullable URI results.
+    """
+    setting = env_name("mlflow_artifacts_uri")
+    uri = download_uri
+    if urlsplit(download_uri).scheme == MLFLOW_ARTIFACTS:
+        if not artifacts_root:
+            raise AirloopError(
+                f"model artifacts {download_uri} are proxied by the MLflow server, which a "
+                f"cluster cannot pull from: set {setting} to the server's "
+                "--artifacts-destination (e.g. s3://bucket/prefix)"
+            )
+        uri = f"{artifacts_root.rstrip('/')}/{urlsplit(download_uri).path.lstrip('/')}"
+    if not _pullable(uri):
+        schemes = ", ".join(f"{s}://" for s in PULLABLE_SCHEMES)
+        raise AirloopError(
+            f"model artifacts {uri} cannot be pulled by a cluster (expected {schemes}): "
+            f"check {setting} (now {artifacts_root!r}) and the MLflow artifact store"
+        )
+    return uri
+
+
+@dataclass(frozen=True)
+class ServingRequest:
+    """What the deploy step hands to a Kubernetes target.
+
+    ``version``: the registered model version; ``model_uri``: its artifacts as a URI the
+    cluster pulls (:func:`storage_uri`); ``previous_version``: the current champion being
+    replaced (None: none, or the same version), the other side of a canary split.
+    """
+
+    version: int
+    model_uri: str
+    previous_version: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("version", "previous_version"):
+            value = getattr(self, name)
+            if value is None and name == "previous_version":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise AirloopError(f"{name} must be a positive integer, got {value!r}")
+        if not _pullable(self.model_uri):
+            raise AirloopError(
+                f"model_uri {self.model_uri!r} is not a storage URI a cluster can pull"
+            )
 
 
 @dataclass(frozen=True)
@@ -98,9 +170,14 @@ def _check(spec, version: int, model_uri: str) -> dict[str, Any]:
             f"(expected one of {', '.join(TARGETS)})"
         )
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise AirloopError(f"{spec.name}: model version must be a positive integer, got {version!r}")
-    if not model_uri or "://" not in model_uri:
-        raise AirloopError(f"{spec.name}: model_uri {model_uri!r} is not a storage URI")
+        raise AirloopError(
+            f"{spec.name}: model version must be a positive integer, got {version!r}"
+        )
+    if not model_uri or not _pullable(model_uri):
+        raise AirloopError(
+            f"{spec.name}: model_uri {model_uri!r} is not a storage URI a cluster can pull "
+            f"({', '.join(f'{s}://' for s in PULLABLE_SCHEMES)})"
+        )
     return deployment
 
 
@@ -120,7 +197,7 @@ def build_resources(
     """Kubernetes objects that serve ``version`` of ``spec``'s model (pure function).
 
     Inputs: a validated project spec (``deployment`` section), the registered model
-    version, its artifact URI (``s3://…`` or ``models:/…`` resolved by the caller),
+    version, its artifact URI (``s3://…`` or ``gs://…``, see :func:`storage_uri`),
     the settings (unused today; kept so callers need not change when settings grow)
     and the champion version being replaced (``previous_version``) for a canary.
     Output: a list of manifests, deterministic for the same inputs.
@@ -136,6 +213,7 @@ def build_resources(
         )
     namespace = namespace_for(spec, options)
     canary = deployment.canary_traffic
+    split = 0 < canary < 100 and previous_version not in (None, version)
     min_replicas, max_replicas = deployment.min_replicas, deployment.max_replicas
     labels = _labels(spec, version)
 
@@ -155,7 +233,7 @@ def build_resources(
                 },
             },
         }
-        if 0 < canary < 100 and previous_version is not None:
+        if split:
             predictor["canaryTrafficPercent"] = canary
         return [
             {
@@ -192,7 +270,7 @@ def build_resources(
     ]
     # The experiment is the stable entry point `<serving-name>`; without a canary the
     # new version takes all traffic (full promotion).
-    if 0 < canary < 100 and previous_version is not None and previous_version != version:
+    if split:
         candidates = [
             {"name": seldon_model_name(spec, previous_version), "weight": 100 - canary},
             {"name": new_name, "weight": canary},
@@ -212,97 +290,109 @@ def build_resources(
     return resources
 
 
-def resource_path(obj: dict[str, Any]) -> str:
-    """REST path of one object (namespaced kinds only)."""
-    kind = obj["kind"]
-    if kind not in KINDS:
-        raise AirloopError(f"cannot apply kind {kind!r}: not a serving resource")
-    group, version, plural = KINDS[kind]
-    meta = obj["metadata"]
-    prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
-    return f"{prefix}/namespaces/{meta['namespace']}/{plural}/{meta['name']}"
-
-
-def _api_client():
-    from kubernetes import client, config
-
+def _api_client(settings) -> k8s_client.ApiClient:
+    """A client for the cluster: ``settings.kubeconfig`` (``KUBECONFIG``) when set, else
+    the pod's in-cluster ServiceAccount, else the default kubeconfig."""
+    cfg = k8s_client.Configuration()
     try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError) as exc:
-            raise AirloopError(f"no Kubernetes credentials (in-cluster or kubeconfig): {exc}") from exc
-    return client.ApiClient()
+        if settings.kubeconfig:
+            k8s_config.load_kube_config(str(settings.kubeconfig), client_configuration=cfg)
+        else:
+            try:
+                k8s_config.load_incluster_config(client_configuration=cfg)
+            except k8s_config.ConfigException:
+                k8s_config.load_kube_config(client_configuration=cfg)
+    except (k8s_config.ConfigException, OSError) as exc:
+        raise AirloopError(f"no Kubernetes credentials (in-cluster or kubeconfig): {exc}") from None
+    return k8s_client.ApiClient(cfg)
 
 
-def apply(resources: list[dict[str, Any]], *, api_client=None) -> list[dict[str, Any]]:
-    """Server-side apply every object (field manager ``airloop``, ``force=true``).
+def _api_message(exc: DynamicApiError) -> str:
+    """The API server's ``Status.message`` (else its reason)."""
+    try:
+        message = json.loads(exc.body).get("message")
+    except (TypeError, ValueError, AttributeError):
+        message = None
+    return " ".join(str(message or exc.reason or "").split())
 
-    Idempotent: the request body is the full desired object, so a second apply of the
-    same objects is a no-op on the server. Returns the server's answers. Raises
-    :class:`AirloopError` with the object and the API's message on failure.
+
+def apply(resources: list[dict[str, Any]], *, api_client: k8s_client.ApiClient) -> list[dict]:
+    """Server-side apply every object (field manager ``airloop``, conflicts forced).
+
+    Uses the official client's :class:`~kubernetes.dynamic.DynamicClient`: discovery
+    finds each kind's REST path (a kind the cluster does not serve is an error naming
+    its CRD), ``server_side_apply`` sends the full desired object, so a second apply of
+    the same objects is a no-op on the server. Returns the server's answers. Raises
+    :class:`AirloopError` naming the object and the API's message on failure.
     """
-    from kubernetes.client.exceptions import ApiException
-
-    api = api_client or _api_client()
-    applied = []
-    for obj in resources:
-        path = resource_path(obj)
+    with tempfile.TemporaryDirectory(prefix="airloop-discovery-") as cache:
+        # a private discovery cache: nothing stale from another cluster or run
+        host = api_client.configuration.host
         try:
-            answer = api.call_api(
-                path,
-                "PATCH",
-                query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-                header_params={
-                    "Content-Type": "application/apply-patch+yaml",
-                    "Accept": "application/json",
-                },
-                body=obj,
-                response_types_map={200: "object", 201: "object"},
-                auth_settings=["BearerToken"],
-                _return_http_data_only=True,
-            )
-        except ApiException as exc:
+            dynamic = DynamicClient(api_client, cache_file=str(Path(cache) / "discovery.json"))
+        except DynamicApiError as exc:
             raise AirloopError(
-                f"apply {obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']} "
-                f"failed: HTTP {exc.status} {exc.reason}"
-            ) from exc
-        applied.append(answer)
+                f"Kubernetes API {host}: discovery failed: HTTP {exc.status} {_api_message(exc)}"
+            ) from None
+        except (TransportError, OSError, ValueError) as exc:
+            reason = " ".join(str(getattr(exc, "reason", exc)).split())
+            raise AirloopError(f"Kubernetes API {host} is unreachable: {reason}") from None
+        applied = []
+        for obj in resources:
+            meta = obj["metadata"]
+            what = f"{obj['kind']} {meta['namespace']}/{meta['name']}"
+            try:
+                api = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+            except ResourceNotFoundError:
+                raise AirloopError(
+                    f"apply {what} failed: the cluster does not serve {obj['kind']} "
+                    f"({obj['apiVersion']}); is its CRD installed?"
+                ) from None
+            try:
+                answer = api.server_side_apply(
+                    body=obj, namespace=meta["namespace"], field_manager=FIELD_MANAGER,
+                    force_conflicts=True,
+                )
+            except DynamicApiError as exc:
+                raise AirloopError(
+                    f"apply {what} failed: HTTP {exc.status} {_api_message(exc)}"
+                ) from None
+            applied.append(answer.to_dict())
     return applied
 
 
 def deploy(
-    spec,
-    *,
-    version: int,
-    model_uri: str,
-    settings,
-    previous_version: int | None = None,
-    api_client=None,
+    spec, request: ServingRequest, *, settings, api_client: k8s_client.ApiClient | None = None
 ) -> dict[str, Any]:
-    """Build and apply the serving resources of ``version`` (deploy step, kubernetes mode).
+    """Build and apply the serving resources of ``request`` (deploy step, ``seldon``/``kserve``).
 
-    Inputs: project spec, registered model version and its artifact URI, settings;
-    ``previous_version`` (the current champion) enables a canary split; options come
-    from the settings (:func:`options_from_settings`). Output: a small JSON-able result
-    (target, namespace, applied objects, canary share, inference endpoint name).
+    Inputs: project spec, the :class:`ServingRequest`, settings (options from
+    :func:`options_from_settings`, credentials from :func:`_api_client` unless
+    ``api_client`` is given). Output: a small JSON-able result (target, namespace,
+    version, model URI, endpoint name, canary share, previous version, applied objects).
     Idempotent: server-side apply of the same inputs changes nothing.
     """
     options = options_from_settings(settings)
     resources = build_resources(
-        spec, version, model_uri, settings, options=options, previous_version=previous_version
+        spec, request.version, request.model_uri, settings, options=options,
+        previous_version=request.previous_version,
     )
-    apply(resources, api_client=api_client)
+    own = api_client is None
+    api = _api_client(settings) if own else api_client
+    try:
+        apply(resources, api_client=api)
+    finally:
+        if own:
+            api.close()
     canary = spec.deployment.canary_traffic
-    split = 0 < canary < 100 and previous_version not in (None, version)
+    split = 0 < canary < 100 and request.previous_version not in (None, request.version)
     return {
         "target": spec.deployment.target,
         "namespace": namespace_for(spec, options),
-        "model_version": version,
-        "model_uri": model_uri,
+        "version": str(request.version),
+        "model_uri": request.model_uri,
         "endpoint": spec.serving_name,
         "canary_traffic": canary if split else 100,
-        "previous_version": previous_version if split else None,
+        "previous_version": str(request.previous_version) if split else None,
         "applied": [f"{o['kind']}/{o['metadata']['name']}" for o in resources],
     }

@@ -16,11 +16,20 @@ is an error). For ``deployment.target == "local"``:
    row for one of the dataset's newest entities; else the newest dataset row with every
    feature) and require a score back.
 
-``seldon`` and ``kserve`` hand over to :func:`airloop.runtime.serving_targets.kubernetes.deploy`.
+``seldon`` and ``kserve`` hand one
+:class:`~airloop.runtime.serving_targets.kubernetes.ServingRequest` to
+:func:`airloop.runtime.serving_targets.kubernetes.deploy`: the integer version, the
+registry's download URI mapped to a URI the cluster can pull (``mlflow-artifacts:/``
+paths under ``AIRLOOP_MLFLOW_ARTIFACTS_URI``) and the ``champion`` it replaces as the
+other side of a canary split.
 
-Output: ``{"target", "serving_name", "version", "endpoint", "feedback_endpoint",
-"smoke_score", "loaded"}``. Idempotent: re-deploying the version already served skips
-the download and the load (``loaded`` is false) and only repeats the smoke request.
+Output (local): ``{"target", "serving_name", "version", "model_uri", "endpoint",
+"feedback_endpoint", "smoke_score", "smoke_input", "loaded"}``; (Kubernetes):
+``{"target", "serving_name", "namespace", "version", "model_uri", "endpoint",
+"canary_traffic", "previous_version", "applied"}``. Idempotent: re-deploying the version
+already served locally skips the download and the load (``loaded`` is false) and only
+repeats the smoke request; on Kubernetes, server-side apply of the same objects changes
+nothing.
 """
 
 from __future__ import annotations
@@ -46,6 +55,8 @@ from airloop.core.spec import ProjectSpec
 from airloop.core.v2 import frame_columns, v2_request
 from airloop.runtime import tracking
 from airloop.runtime.features.store import online_features, online_location
+from airloop.runtime.serving_targets import kubernetes as k8s_serving
+from airloop.runtime.steps.promote import CHAMPION
 
 log = logging.getLogger("airloop.deploy")
 
@@ -211,11 +222,27 @@ def _prune(folder: Path, keep: str, previous: dict | None) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def kubernetes_request(spec: ProjectSpec, client: mlflow.MlflowClient, version: int,
+                       settings: Settings) -> k8s_serving.ServingRequest:
+    """The request for a Kubernetes target: ``version``, the registry's download URI as a
+    URI the cluster pulls, and the current champion (unless it is this version)."""
+    name = spec.model_name
+    download_uri = client.get_model_version_download_uri(name, str(version))
+    champion = tracking.alias_version(client, name, CHAMPION)
+    previous = int(champion.version) if champion is not None else None
+    return k8s_serving.ServingRequest(
+        version=version,
+        model_uri=k8s_serving.storage_uri(download_uri, settings.mlflow_artifacts_uri),
+        previous_version=None if previous == version else previous,
+    )
+
+
 def run(spec: ProjectSpec, *, run_id: str, settings: Settings, timeout: float = 180.0) -> dict:
     """Deploy the version registered by ``run_id`` to ``spec.deployment.target``.
 
-    Raises :class:`AirloopError` when the run registered no version, the model server
-    refuses or cannot load it, or the smoke request gets no prediction back.
+    Raises :class:`AirloopError` when the run registered no version, the artifacts cannot
+    be pulled by the cluster, the model server or the Kubernetes API refuses it, or the
+    local smoke request gets no prediction back.
     """
     client = tracking.client(settings)
     version = int(tracking.require_challenger(client, spec, run_id).version)
@@ -224,12 +251,8 @@ def run(spec: ProjectSpec, *, run_id: str, settings: Settings, timeout: float = 
         model_uri = f"models:/{spec.model_name}/{version}"
         return deploy_local(spec, version=str(version), model_uri=model_uri, settings=settings,
                             timeout=timeout)
-    if target in ("seldon", "kserve"):
-        from airloop.runtime.serving_targets import kubernetes as k8s_serving
-
-        model_uri = f"models:/{spec.model_name}/{version}"
-        result = k8s_serving.deploy(spec, version=str(version), model_uri=model_uri,
-                                    settings=settings)
-        return {"target": target, "serving_name": spec.serving_name, "version": str(version),
-                **result}
+    if target in k8s_serving.TARGETS:
+        request = kubernetes_request(spec, client, version, settings)
+        return {"serving_name": spec.serving_name,
+                **k8s_serving.deploy(spec, request, settings=settings)}
     raise AirloopError(f"unknown deployment target {target!r}")
