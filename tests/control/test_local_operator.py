@@ -7,7 +7,6 @@ environment into the JSON result it writes to ``$AIRLOOP_XCOM_PATH``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import textwrap
@@ -194,6 +193,55 @@ def test_on_kill_stops_the_whole_process_group(local_op, tmp_path, monkeypatch):
     assert errors and "exited with code -15" in str(errors[0])
 
 
-def test_result_is_json_serialisable_like_a_pod_result(local_op):
-    result = local_op(OK_SCRIPT, "batch_predict").execute(context={})
-    assert json.loads(json.dumps(result)) == result
+#: A step result of the usual shape (strings, a float, null, a boolean, a list, non-ASCII).
+RESULT_TEXT = (
+    '{"version": "3", "smoke_score": 0.125, "previous_version": null, "loaded": false,'
+    ' "applied": ["Model/demo-churn-v3"], "note": "d\\u00e9j\\u00e0 servi"}\n'
+)
+
+RESULT_SCRIPT = f"""
+import json, os
+with open(os.environ["AIRLOOP_XCOM_PATH"], "w") as fh:
+    fh.write({RESULT_TEXT!r})
+# stdout is the task log, not the result (a pod's result is only its return.json)
+print(json.dumps({{"version": "stdout is not the result"}}))
+"""
+
+
+class _SidecarReader:
+    """What the pod manager's XCom sidecar hands back: ``cat /airflow/xcom/return.json``."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def extract_xcom(self, pod, ignore_kill_failure=True):
+        return self.text
+
+
+def test_result_is_what_a_pod_returns_for_the_same_file(local_op):
+    """The local operator returns what KubernetesPodOperator returns for the same
+    return.json: the provider's own extract_xcom reads the file's text (through a stub of
+    its sidecar reader) and is the oracle; stdout never becomes the result."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airloop_ops import step_operator
+
+    from airloop.core.settings import load
+
+    local = local_op(RESULT_SCRIPT, "deploy").execute(context={})
+    pod_op = step_operator(SPEC, "deploy", load({"AIRLOOP_MODE": "kubernetes"}))
+    assert isinstance(pod_op, KubernetesPodOperator)
+    # pod_manager is a cached_property: seeding the instance's cache replaces it without
+    # building the real one (which would look for cluster credentials)
+    pod_op.__dict__["pod_manager"] = _SidecarReader(RESULT_TEXT)
+    from_pod = pod_op.extract_xcom(pod=None)
+    assert local == from_pod
+    assert local["note"] == "d\u00e9j\u00e0 servi" and local["previous_version"] is None
+    assert local["version"] == "3"
+
+
+def test_result_that_is_not_json_is_a_failure(local_op):
+    from airloop_ops.local import StepFailed
+
+    script = 'import os\nopen(os.environ["AIRLOOP_XCOM_PATH"], "w").write("{version: 3")\n'
+    with pytest.raises(StepFailed, match="wrote a result that is not JSON"):
+        local_op(script).execute(context={})
