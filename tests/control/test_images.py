@@ -1,15 +1,22 @@
 """Structure of the three Dockerfiles (Docker cannot run on this machine, so the
 Dockerfiles are parsed instead of built): each installs exactly its own lock file and
 then airloop with ``--no-deps``, copies only paths that exist, runs as a numeric
-non-root user set before ENTRYPOINT/CMD, and starts from a pinned base image."""
+non-root user set before ENTRYPOINT/CMD, and starts from a pinned base image.
+
+The Dockerfiles are read with ``dockerfile_parse.DockerfileParser`` (continuation
+lines, comments, parser directives and ``ARG`` substitution in ``FROM`` are its
+business); only the shell commands inside ``RUN`` are split here, with ``shlex``.
+"""
 
 from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from dockerfile_parse import DockerfileParser
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -22,24 +29,22 @@ IMAGES = {
 LOCKS = {"requirements/control.lock", "requirements/runtime.lock", "requirements/serving.lock"}
 
 
-def parse_dockerfile(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs; joins continuation lines, drops comments."""
-    logical, buf = [], ""
-    for line in path.read_text().splitlines():
-        stripped = line.strip()
-        if not buf and (not stripped or stripped.startswith("#")):
-            continue
-        if stripped.endswith("\\"):
-            buf += stripped[:-1] + " "
-            continue
-        logical.append(buf + stripped)
-        buf = ""
-    assert not buf, f"{path.name}: dangling line continuation"
-    out = []
-    for line in logical:
-        instr, _, args = line.partition(" ")
-        out.append((instr.upper(), args.strip()))
-    return out
+@dataclass(frozen=True)
+class Dockerfile:
+    """A parsed Dockerfile: its instructions in order (``(INSTRUCTION, value)``, comments
+    dropped) and its base images."""
+
+    instructions: list[tuple[str, str]]
+    base_images: list[str]
+
+
+def parse_dockerfile(path: Path) -> Dockerfile:
+    parser = DockerfileParser(path=str(path))
+    return Dockerfile(
+        instructions=[(i["instruction"], i["value"]) for i in parser.structure
+                      if i["instruction"] != "COMMENT"],
+        base_images=list(parser.parent_images),
+    )
 
 
 def _copy_sources(args: str) -> list[str]:
@@ -69,11 +74,9 @@ def image(request):
 
 
 def test_base_image_pinned(image):
-    name, instructions = image
-    froms = [args for instr, args in instructions if instr == "FROM"]
-    assert froms, f"{name}: no FROM"
-    for ref in froms:
-        ref = ref.split()[0]
+    name, dockerfile = image
+    assert dockerfile.base_images, f"{name}: no FROM"
+    for ref in dockerfile.base_images:
         if "@sha256:" in ref:
             assert re.fullmatch(r".+@sha256:[0-9a-f]{64}", ref), ref
             continue
@@ -84,7 +87,8 @@ def test_base_image_pinned(image):
 
 
 def test_installs_exactly_its_own_lock_then_airloop_without_deps(image):
-    name, instructions = image
+    name, dockerfile = image
+    instructions = dockerfile.instructions
     expected = IMAGES[name]["lock"]
     copied_locks = {
         src for instr, args in instructions if instr == "COPY" for src in _copy_sources(args)
@@ -111,7 +115,8 @@ def test_installs_exactly_its_own_lock_then_airloop_without_deps(image):
 
 
 def test_copies_only_existing_paths(image):
-    name, instructions = image
+    name, dockerfile = image
+    instructions = dockerfile.instructions
     sources = [
         src for instr, args in instructions if instr in {"COPY", "ADD"}
         for src in _copy_sources(args)
@@ -125,7 +130,8 @@ def test_copies_only_existing_paths(image):
 
 
 def test_non_root_user_before_entrypoint(image):
-    name, instructions = image
+    name, dockerfile = image
+    instructions = dockerfile.instructions
     kinds = [i for i, _ in instructions]
     users = [(n, args) for n, (i, args) in enumerate(instructions) if i == "USER"]
     assert users, f"{name}: no USER"
@@ -139,8 +145,8 @@ def test_non_root_user_before_entrypoint(image):
 
 
 def test_no_downloads_at_build_time(image):
-    name, instructions = image
-    for instr, args in instructions:
+    name, dockerfile = image
+    for instr, args in dockerfile.instructions:
         if instr == "RUN":
             assert not re.search(r"\b(curl|wget)\b|https?://", args), f"{name}: RUN downloads: {args}"
 
@@ -150,7 +156,28 @@ def test_parser_catches_a_wrong_lock(tmp_path):
     bad = (DOCKER / "serving.Dockerfile").read_text().replace("serving.lock", "runtime.lock")
     path = tmp_path / "serving.Dockerfile"
     path.write_text(bad)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="serving: copies locks {'requirements/runtime.lock'}"):
         test_installs_exactly_its_own_lock_then_airloop_without_deps(
             ("serving", parse_dockerfile(path))
         )
+
+
+def test_parser_sees_through_continuations_and_comments(tmp_path):
+    """What a hand parser gets wrong: a comment line inside a continued RUN is dropped by
+    Docker, and the install after it still counts (here: a package outside the lock)."""
+    good = (DOCKER / "serving.Dockerfile").read_text()
+    old = "RUN pip install --no-cache-dir -r /tmp/serving.lock && rm /tmp/serving.lock"
+    assert old in good
+    bad = good.replace(old, (
+        "RUN pip install --no-cache-dir -r /tmp/serving.lock \\\n"
+        "# pinned elsewhere\n"
+        "    requests \\\n"
+        "    && rm /tmp/serving.lock"
+    ))
+    path = tmp_path / "serving.Dockerfile"
+    path.write_text(bad)
+    parsed = parse_dockerfile(path)
+    (run,) = [v for i, v in parsed.instructions if i == "RUN" and "serving.lock" in v]
+    assert "requests" in run and "pinned elsewhere" not in run
+    with pytest.raises(AssertionError, match="installs packages outside the lock: \\['requests'\\]"):
+        test_installs_exactly_its_own_lock_then_airloop_without_deps(("serving", parsed))
