@@ -484,6 +484,17 @@ def test_unmappable_artifact_uri_is_one_clear_line(project, root, message):
     assert not server.requests, "nothing may reach the cluster with an unpullable URI"
 
 
+def test_unreachable_api_server_is_one_clear_line(project):
+    spec, settings, server = project("seldon")
+    run_id = _run_id()
+    register_at(spec, settings, run_id, "s3://models-bucket/churn/1")
+    server.shutdown()
+    server.server_close()  # nothing listens on its port any more
+    with pytest.raises(AirloopError, match=rf"Kubernetes API {server.url} is unreachable") as err:
+        deploy.run(spec, run_id=run_id, settings=settings)
+    _one_line(err)
+
+
 def test_no_registered_version_is_one_clear_line(project):
     spec, settings, server = project("kserve")
     with pytest.raises(AirloopError, match="no registered version .* run the register step") as err:

@@ -41,6 +41,8 @@ from airloop.core.settings import env_name
 
 FIELD_MANAGER = "airloop"
 TARGETS = ("seldon", "kserve")
+#: Seconds to wait for the API server's answer to one apply.
+API_TIMEOUT = 30
 #: Schemes both KServe's storage initializer and Seldon Core 2's rclone agent pull from
 #: an object store with the credentials the chart configures.
 PULLABLE_SCHEMES = ("s3", "gs")
@@ -96,10 +98,10 @@ class ServingRequest:
     previous_version: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("version", "previous_version"):
-            value = getattr(self, name)
+        versions = {"version": self.version, "previous_version": self.previous_version}
+        for name, value in versions.items():
             if value is None and name == "previous_version":
-                continue
+                continue  # no champion yet
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise AirloopError(f"{name} must be a positive integer, got {value!r}")
         if not _pullable(self.model_uri):
@@ -303,8 +305,15 @@ def _api_client(settings) -> k8s_client.ApiClient:
             except k8s_config.ConfigException:
                 k8s_config.load_kube_config(client_configuration=cfg)
     except (k8s_config.ConfigException, OSError) as exc:
-        raise AirloopError(f"no Kubernetes credentials (in-cluster or kubeconfig): {exc}") from None
+        raise AirloopError(
+            f"no Kubernetes credentials (in-cluster or kubeconfig): {_line(exc)}"
+        ) from None
     return k8s_client.ApiClient(cfg)
+
+
+def _line(value: Any) -> str:
+    """``value`` as one line (the step's error contract is one line)."""
+    return " ".join(str(getattr(value, "reason", None) or value).split())
 
 
 def _api_message(exc: DynamicApiError) -> str:
@@ -335,8 +344,7 @@ def apply(resources: list[dict[str, Any]], *, api_client: k8s_client.ApiClient) 
                 f"Kubernetes API {host}: discovery failed: HTTP {exc.status} {_api_message(exc)}"
             ) from None
         except (TransportError, OSError, ValueError) as exc:
-            reason = " ".join(str(getattr(exc, "reason", exc)).split())
-            raise AirloopError(f"Kubernetes API {host} is unreachable: {reason}") from None
+            raise AirloopError(f"Kubernetes API {host} is unreachable: {_line(exc)}") from None
         applied = []
         for obj in resources:
             meta = obj["metadata"]
@@ -351,12 +359,14 @@ def apply(resources: list[dict[str, Any]], *, api_client: k8s_client.ApiClient) 
             try:
                 answer = api.server_side_apply(
                     body=obj, namespace=meta["namespace"], field_manager=FIELD_MANAGER,
-                    force_conflicts=True,
+                    force_conflicts=True, _request_timeout=API_TIMEOUT,
                 )
             except DynamicApiError as exc:
                 raise AirloopError(
                     f"apply {what} failed: HTTP {exc.status} {_api_message(exc)}"
                 ) from None
+            except (TransportError, OSError) as exc:
+                raise AirloopError(f"apply {what} failed: {host} unreachable: {_line(exc)}") from None
             applied.append(answer.to_dict())
     return applied
 
