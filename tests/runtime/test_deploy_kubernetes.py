@@ -353,7 +353,8 @@ def test_deploy_applies_the_registered_version_with_a_pullable_uri(project, targ
     client = tracking.client(settings)
     download = client.get_model_version_download_uri(spec.model_name, mv.version)
     assert download.startswith("mlflow-artifacts:/")
-    # the download URI is the model folder itself: the mapped object-store path holds it
+    # the download URI is the model folder itself (MLmodel at its top), so the same path
+    # under the artifact root is what the cluster must pull
     listing = mlflow.artifacts.list_artifacts(artifact_uri=download,
                                               tracking_uri=settings.tracking_uri)
     assert "MLmodel" in {Path(a.path).name for a in listing}

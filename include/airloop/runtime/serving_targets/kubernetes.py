@@ -366,7 +366,9 @@ def apply(resources: list[dict[str, Any]], *, api_client: k8s_client.ApiClient) 
                     f"apply {what} failed: HTTP {exc.status} {_api_message(exc)}"
                 ) from None
             except (TransportError, OSError) as exc:
-                raise AirloopError(f"apply {what} failed: {host} unreachable: {_line(exc)}") from None
+                raise AirloopError(
+                    f"apply {what} failed: {host} is unreachable: {_line(exc)}"
+                ) from None
             applied.append(answer.to_dict())
     return applied
 
