@@ -160,13 +160,13 @@ class Settings(BaseSettings):
     serving_target: Target | None = Field(None, description="the chart's serving.target")
     mlflow_artifacts_uri: str | None = Field(
         None,
-        description="object-store root behind the MLflow server's proxied artifacts (its "
-        "--artifacts-destination): where a cluster pulls mlflow-artifacts:/ paths from",
+        description="object store behind MLflow's mlflow-artifacts:/ URIs (its "
+        "--artifacts-destination); clusters pull models from there",
     )
     kubeconfig: Path | None = Field(
         None,
         validation_alias=AliasChoices("KUBECONFIG", "kubeconfig"),
-        description="kubeconfig of the deploy step outside a cluster (else in-cluster)",
+        description="kubeconfig of the deploy step outside a cluster (unset: in-cluster)",
     )
 
     @classmethod
