@@ -1,6 +1,6 @@
 """Comparison 4: the demo's search with ASHA vs every trial run to completion.
 
-airloop's train-step search (:func:`airloop.runtime.steps.train.run_search`: Ray Tune, the
+airloop's train-step search (:func:`airloop.runtime.training.search.run_search`: Ray Tune, the
 demo spec's search space, seeded sampler, ASHA) against the same search with
 ``grace_period = max_iterations`` — the same configurations, none stopped early.
 One Ray session for all rounds; wall time of the search and best validation score.

@@ -23,6 +23,9 @@ from airloop.runtime import tracking
 from airloop.core.errors import AirloopError
 from airloop.core.spec import load_spec, parse_spec
 from airloop.runtime.steps import gate, promote, register, train
+from airloop.runtime.training.ray_session import ray_session
+from airloop.runtime.training.search import ITERATIONS, report_points
+from airloop.runtime.training.split import split_frame
 
 MAX_IT = 6
 START = date(2025, 1, 1)
@@ -81,7 +84,7 @@ def _variant(spec, **model):
 @pytest.fixture(scope="module")
 def ray_up(settings):
     """One local Ray for the module (started by the step's own ray_session)."""
-    with train.ray_session(settings):
+    with ray_session(settings):
         yield
 
 
@@ -103,7 +106,7 @@ def _experiment_runs(client, spec):
 
 def test_split_is_time_based(spec):
     frame = synthetic_frame(spec)
-    split = train.split_frame(frame, spec)
+    split = split_frame(frame, spec)
     assert sum(split.rows().values()) == len(frame)
     assert split.train[spec.timestamp].max() <= split.valid[spec.timestamp].min()
     assert split.valid[spec.timestamp].max() < split.holdout[spec.timestamp].min()
@@ -112,7 +115,7 @@ def test_split_is_time_based(spec):
     assert 0.15 < len(split.valid) / (len(split.train) + len(split.valid)) < 0.25
     early = frame[frame[spec.timestamp] < pd.Timestamp("2025-01-03", tz="UTC")]
     with pytest.raises(AirloopError, match="holdout_days=2"):
-        train.split_frame(early, spec)
+        split_frame(early, spec)
 
 
 def test_train_logs_every_trial_under_one_parent(first, spec, client):
@@ -289,8 +292,8 @@ def test_report_points_are_ashas_milestones(max_t, grace, factor):
 
     from ray.tune.schedulers import ASHAScheduler
 
-    sched = ASHAScheduler(time_attr=train.ITERATIONS, max_t=max_t, grace_period=grace,
+    sched = ASHAScheduler(time_attr=ITERATIONS, max_t=max_t, grace_period=grace,
                           reduction_factor=factor, metric="m", mode="max")
     milestones = {math.ceil(m) for m, _ in sched._brackets[0]._rungs}
     expected = sorted({m for m in milestones if m < max_t} | {max_t})
-    assert train.report_points(max_t, grace, factor) == expected
+    assert report_points(max_t, grace, factor) == expected
