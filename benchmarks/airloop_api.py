@@ -168,6 +168,6 @@ def tune_function(workdir: Path) -> Callable:
         trials = run_search(split, s, settings, run_id=f"bench_{'full' if full else 'asha'}")
         wall = time.perf_counter() - t0
         mode = s.metric.mode
-        return wall, best_trial(trials, mode).best(mode)[0], sum(t.status == "pruned" for t in trials)
+        return wall, best_trial(trials, mode).best, sum(t.status == "pruned" for t in trials)
 
     return search

@@ -184,7 +184,13 @@ def test_train_logs_every_trial_under_one_parent(first, spec, client):
         assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= MAX_IT
         status = child.data.tags["airloop.trial_status"]
         assert status == ("completed" if len(steps) == MAX_IT else "pruned")
-        assert "final_roc_auc" in child.data.metrics
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["airloop.dag_run_id"] == "dag_run_1"
+        assert child.data.tags["airloop.trial_id"] and "airloop.trial_error" not in child.data.tags
+        values = [m.value for m in sorted(history, key=lambda m: m.step)]
+        assert child.data.metrics["final_roc_auc"] == pytest.approx(values[-1])
+        assert child.data.metrics["best_roc_auc"] == pytest.approx(max(values))
+        assert child.data.metrics["iterations"] == len(steps)
         statuses.append(status)
     assert statuses.count("pruned") == first["pruned_trials"]
     assert "completed" in statuses
@@ -321,6 +327,10 @@ def test_failed_search_ends_its_runs_failed(failed_search, spec, client):
     runs = _dag_run_runs(client, spec, "dag_run_bad")
     assert {r.data.tags[tracking.TAG_ROLE] for r in runs} == {"parent", "trial"}
     assert {r.info.status for r in runs} == {"FAILED"}
+    trial, = [r for r in runs if r.data.tags[tracking.TAG_ROLE] == "trial"]
+    assert trial.data.tags["airloop.trial_status"] == "error"
+    assert "learning_rate" in trial.data.tags["airloop.trial_error"]
+    assert trial.data.tags["airloop.trial_error"] in str(failed_search)
 
 
 def test_no_run_left_running(first, failed_search, spec, client):

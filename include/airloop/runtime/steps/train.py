@@ -46,7 +46,7 @@ from airloop.runtime.models import load_family
 from airloop.runtime.training import parent, refit
 from airloop.runtime.training.search import best_trial, run_search
 from airloop.runtime.training.split import split_frame
-from airloop.runtime.training.trials import log_trials
+from airloop.runtime.training.trials import TrialLogger
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +82,21 @@ def tune_and_fit(frame: pd.DataFrame, spec, settings, *, run_id: str,
             "airloop.model_family": family.name}
     with parent.parent_run(client, experiment_id, run_id, tags) as parent_id:
         started = time.monotonic()
-        trials = run_search(split, spec, settings, run_id=run_id)
+        trial_logger = TrialLogger(
+            settings, experiment_id=experiment_id, experiment_name=tracking.experiment_name(spec),
+            parent_run_id=parent_id, dag_run_id=run_id, metric=metric,
+            max_iterations=spec.model.max_iterations,
+        )
+        try:
+            trials = run_search(split, spec, settings, run_id=run_id, callbacks=[trial_logger])
+        finally:
+            trial_logger.end_open_runs()
         tuning_seconds = time.monotonic() - started
-        log.info("train: search of %d trials took %.1fs", len(trials), tuning_seconds)
-        log_trials(client, experiment_id, parent_id, trials, spec, run_id)
+        log.info("train: search of %d trials (logged as they ran) took %.1fs",
+                 len(trials), tuning_seconds)
         best = best_trial(trials, mode)
-        best_value, best_iteration = best.best(mode)
 
-        fitted = refit.refit(family, best.params, best_iteration, split, spec)
+        fitted = refit.refit(family, best.params, best.best_iteration, split, spec)
         holdout_value = fitted.holdout[metric]
         pruned = sum(t.status == "pruned" for t in trials)
         failed = sum(t.status == "error" for t in trials)
@@ -98,20 +105,20 @@ def tune_and_fit(frame: pd.DataFrame, spec, settings, *, run_id: str,
             "metric": holdout_value,
             "metric_name": metric,
             "best_params": best.params,
-            "best_iterations": best_iteration,
+            "best_iterations": best.best_iteration,
             "trials": len(trials),
             "pruned_trials": pruned,
             "rows": split.rows(),
         }
         params = {
             **best.params,
-            "best_iterations": best_iteration,
+            "best_iterations": best.best_iteration,
             "model_family": family.name,
             **{f"rows_{k}": v for k, v in split.rows().items()},
         }
         metrics = {
             **{f"holdout_{k}": v for k, v in fitted.holdout.items()},
-            f"validation_{metric}": best_value,
+            f"validation_{metric}": best.best,
             "trials": len(trials),
             "pruned_trials": pruned,
             "failed_trials": failed,
@@ -130,7 +137,7 @@ def tune_and_fit(frame: pd.DataFrame, spec, settings, *, run_id: str,
         # The fluent API checks the run against the process's active experiment; pin it
         # to the run's own so a caller's earlier set_experiment() cannot interfere.
         mlflow.set_experiment(experiment_id=experiment_id)
-        log.info("train: trials logged, refitted and scored at %.1fs; logging the model",
+        log.info("train: refitted and scored at %.1fs; logging the model",
                  time.monotonic() - started)
         with mlflow.start_run(run_id=parent_id, log_system_metrics=False):
             info = refit.log_model(fitted)

@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -33,6 +32,8 @@ from airloop.runtime.training.split import Split, xy
 ITERATIONS = "iterations"
 #: the result key with the validation scores of the iterations since the previous report
 CURVE = "curve"
+#: the result keys with the best validation score so far and its (1-based) iteration
+BEST, BEST_ITERATION = "best", "best_iteration"
 
 
 def search_space(spec) -> dict[str, Any]:
@@ -66,12 +67,15 @@ def report_points(max_iterations: int, grace_period: int, reduction_factor: floa
     return sorted({p for p in points if 1 <= p < max_t} | {max_t})
 
 
-def trainable(config, *, data, spec, metric: str, max_iterations: int,
-              points: list[int]) -> None:
+def trainable(config, *, data, spec, max_iterations: int, points: list[int]) -> None:
     """Ray Tune function trainable: one report per point of :func:`report_points`,
-    carrying the validation score of every iteration since the last report."""
+    carrying the validation score of every iteration since the last report
+    (:data:`CURVE`) and the best score so far (:data:`BEST`, :data:`BEST_ITERATION`;
+    ties go to the earliest iteration, the smaller model)."""
+    metric, mode = spec.metric.name, spec.metric.mode
     X_train, y_train, X_valid, y_valid = data
     at = set(points)
+    best, best_iteration = math.nan, 0
     # One thread per trial: trials already fill the CPUs, and OpenMP spinning on a
     # shared machine made single steps take seconds instead of milliseconds.
     with threadpool_limits(limits=1):
@@ -80,55 +84,49 @@ def trainable(config, *, data, spec, metric: str, max_iterations: int,
         curve: list[float] = []
         for iteration in range(1, max_iterations + 1):
             trainer.step()
-            curve.append(score(metric, y_valid, trainer.predict_proba_transformed(valid)))
+            value = score(metric, y_valid, trainer.predict_proba_transformed(valid))
+            curve.append(value)
+            if not math.isnan(value) and (
+                    best_iteration == 0 or (value < best if mode == "min" else value > best)):
+                best, best_iteration = value, iteration
             if iteration in at:
-                tune.report({metric: curve[-1], ITERATIONS: iteration, CURVE: curve})
+                tune.report({metric: value, ITERATIONS: iteration, CURVE: curve,
+                             BEST: best, BEST_ITERATION: best_iteration})
                 curve = []
 
 
-@dataclass
+def trial_status(last_result: dict, failed: bool, max_iterations: int) -> str:
+    """``error``, ``completed`` (reached ``max_iterations``) or ``pruned`` (stopped by
+    ASHA, which marks a stopped trial done just like a finished one)."""
+    if failed:
+        return "error"
+    return "completed" if int(last_result.get(ITERATIONS) or 0) >= max_iterations else "pruned"
+
+
+def error_summary(text: str | None) -> str:
+    """The last line of an error trace (the exception and its message), cut to 500."""
+    lines = [line for line in str(text or "").strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "?")[:500]
+
+
+@dataclass(frozen=True)
 class Trial:
+    """One trial's outcome, read from Tune's result of it."""
+
     trial_id: str
     params: dict[str, Any]
-    history: list[float]
+    iterations: int  # trained before the trial ended (its last report)
+    best: float  # best validation score (NaN: none)
+    best_iteration: int  # 1-based iteration of ``best`` (0: none)
     status: str  # completed | pruned | error
     error: str | None = None
 
-    @property
-    def iterations(self) -> int:
-        return len(self.history)
 
-    def best(self, mode: str) -> tuple[float, int]:
-        """(best value, 1-based iteration) of the history; NaN-safe."""
-        values = [v if v is not None and not math.isnan(v) else None for v in self.history]
-        scored = [(v, i + 1) for i, v in enumerate(values) if v is not None]
-        if not scored:
-            return float("nan"), 0
-        # ties go to the earliest iteration (the smaller model)
-        if mode == "min":
-            return min(scored, key=lambda t: (t[0], t[1]))
-        return max(scored, key=lambda t: (t[0], -t[1]))
-
-
-class _History(tune.Callback):
-    """Collects every reported score per trial in the driver (per-trial result files
-    are off: ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS``)."""
-
-    def __init__(self, metric: str):
-        self.metric = metric
-        self.history: dict[str, list[float]] = {}
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        curve = result.get(CURVE)
-        if curve is None:  # a report of one iteration
-            curve = [result.get(self.metric)]
-        self.history.setdefault(trial.trial_id, []).extend(
-            float(v) if v is not None else float("nan") for v in curve
-        )
-
-
-def run_search(split: Split, spec, settings, *, run_id: str) -> list[Trial]:
-    """Tune ``model.search_space`` on the split's train/validation parts; every trial."""
+def run_search(split: Split, spec, settings, *, run_id: str,
+               callbacks: Sequence[tune.Callback] = ()) -> list[Trial]:
+    """Tune ``model.search_space`` on the split's train/validation parts; every trial,
+    sorted by trial id. ``callbacks`` (Tune callbacks) see the trials as they run: the
+    train step passes :class:`airloop.runtime.training.trials.TrialLogger`."""
     model = spec.model
     metric, mode = spec.metric.name, spec.metric.mode
     max_t = model.max_iterations
@@ -136,7 +134,6 @@ def run_search(split: Split, spec, settings, *, run_id: str) -> list[Trial]:
     X_valid, y_valid = xy(split.valid, spec)
     storage = settings.home / "ray_results"
     name = f"{spec.tenant}.{spec.name}.{safe_run_id(run_id)}.{os.getpid()}"
-    history = _History(metric)
     with ray_session(settings):
         grace, factor = model.grace_period, model.reduction_factor
         tuner = tune.Tuner(
@@ -144,7 +141,6 @@ def run_search(split: Split, spec, settings, *, run_id: str) -> list[Trial]:
                 trainable,
                 data=(X_train, y_train, X_valid, y_valid),
                 spec=spec,
-                metric=metric,
                 max_iterations=max_t,
                 points=report_points(max_t, grace, factor),
             ),
@@ -171,11 +167,11 @@ def run_search(split: Split, spec, settings, *, run_id: str) -> list[Trial]:
                 storage_path=str(storage),
                 verbose=0,
                 log_to_file=False,
-                callbacks=[history],
+                callbacks=list(callbacks),
             ),
         )
-        # Trial result files are off (the callback keeps the history), so the result
-        # grid's "cannot fetch metrics" warnings are expected noise.
+        # Trial result files are off (ray_session), so the result grid's "cannot fetch
+        # metrics" warnings are expected noise; each result's last report is all we read.
         quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
         level = quiet.level
         quiet.setLevel(logging.ERROR)
@@ -183,33 +179,33 @@ def run_search(split: Split, spec, settings, *, run_id: str) -> list[Trial]:
             grid = tuner.fit()
         finally:
             quiet.setLevel(level)
-    trials: list[Trial] = []
     try:
-        for i, result in enumerate(grid):
-            trial_id = str((result.metrics or {}).get("trial_id") or "")
-            if not trial_id and result.path:  # errored before its first report
-                found = re.search(r"_([0-9a-f]{5}_\d{5})_", Path(result.path).name)
-                trial_id = found.group(1) if found else ""
-            trial_id = trial_id or f"trial_{i:03d}"
-            values = history.history.get(trial_id, [])
-            params = {k: result.config[k] for k in spec.model.search_space if k in result.config}
-            if result.error is not None:
-                status, error = "error", (str(result.error).strip().splitlines() or ["?"])[-1][:500]
-            else:
-                status = "completed" if len(values) >= max_t else "pruned"
-                error = None
-            trials.append(Trial(trial_id, params, values, status, error))
+        trials = [_trial(result, model) for result in grid]
     finally:
-        shutil.rmtree(storage / name, ignore_errors=True)  # history now lives in MLflow
-    trials.sort(key=lambda t: t.trial_id)
-    return trials
+        shutil.rmtree(storage / name, ignore_errors=True)  # the history lives in the callbacks
+    return sorted(trials, key=lambda t: t.trial_id)
+
+
+def _trial(result, model) -> Trial:
+    """A :class:`Trial` from Tune's ``Result`` of it (its last report, config, error)."""
+    last = result.metrics or {}  # always has "trial_id", even before the first report
+    failed = result.error is not None
+    return Trial(
+        trial_id=str(last["trial_id"]),
+        params={k: result.config[k] for k in model.search_space if k in result.config},
+        iterations=int(last.get(ITERATIONS) or 0),
+        best=float(last.get(BEST, math.nan)),
+        best_iteration=int(last.get(BEST_ITERATION) or 0),
+        status=trial_status(last, failed, model.max_iterations),
+        error=error_summary(result.error) if failed else None,
+    )
 
 
 def best_trial(trials: list[Trial], mode: str) -> Trial:
     """The trial with the best validation score at its best iteration."""
-    usable = [t for t in trials if t.status != "error" and t.best(mode)[1] > 0]
+    usable = [t for t in trials if t.status != "error" and t.best_iteration > 0]
     if not usable:
         errors = "; ".join(f"{t.trial_id}: {t.error}" for t in trials if t.error)[:800]
         raise AirloopError(f"every tuning trial failed ({len(trials)} trials): {errors}")
     pick = min if mode == "min" else max
-    return pick(usable, key=lambda t: t.best(mode)[0])
+    return pick(usable, key=lambda t: t.best)
