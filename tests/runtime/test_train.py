@@ -96,8 +96,8 @@ def client(settings):
 
 @pytest.fixture(scope="module")
 def first(spec, settings, ray_up):
-    return train.tune_and_fit(synthetic_frame(spec), spec, settings, run_id="dag_run_1",
-                              trigger="test")
+    return train.run(spec, run_id="dag_run_1", settings=settings, trigger="test",
+                     frame=synthetic_frame(spec))
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def failed_search(spec, settings, ray_up):
     raw["model"]["num_samples"] = 1
     broken = parse_spec(raw, spec.path)
     with pytest.raises(AirloopError, match="every tuning trial failed") as failure:
-        train.tune_and_fit(synthetic_frame(spec), broken, settings, run_id="dag_run_bad")
+        train.run(broken, run_id="dag_run_bad", settings=settings, frame=synthetic_frame(spec))
     return failure.value
 
 
@@ -240,10 +240,10 @@ def test_artifacts_and_model(first, spec, client, settings):
 
 def test_rerun_with_same_run_id_trains_nothing(first, spec, settings, client):
     before = len(_experiment_runs(client, spec))
-    again = train.tune_and_fit(synthetic_frame(spec, seed=5), spec, settings,
-                               run_id="dag_run_1")
+    again = train.run(spec, run_id="dag_run_1", settings=settings,
+                      frame=synthetic_frame(spec, seed=5))
     assert again == first
-    # run() finds it before loading any features
+    # without a frame, run() finds it before reading any features (Feast has none here)
     assert train.run(spec, run_id="dag_run_1", settings=settings) == first
     assert len(_experiment_runs(client, spec)) == before
 
@@ -286,10 +286,16 @@ def test_gate_promotes_first_model_and_promote_sets_champion(registered, promote
     assert again["champion_version"] == res["champion_version"] and again["changed"] is False
 
 
-def test_worse_challenger_is_rejected(registered, promoted, spec, settings, client, ray_up):
+def test_worse_challenger_is_rejected(registered, promoted, spec, settings, client, ray_up,
+                                      monkeypatch):
     small = _variant(spec, num_samples=1, max_iterations=3, grace_period=1)
-    bad = train.tune_and_fit(synthetic_frame(spec, shuffle_labels=True), small, settings,
-                             run_id="dag_run_2")
+    checks = []  # the idempotency check of a new DAG run runs once
+    lookup = train.parent.previous_result
+    monkeypatch.setattr(train.parent, "previous_result",
+                        lambda *args: checks.append(args[-1]) or lookup(*args))
+    bad = train.run(small, run_id="dag_run_2", settings=settings,
+                    frame=synthetic_frame(spec, shuffle_labels=True))
+    assert checks == ["dag_run_2"]
     champion = _champion(client, spec)  # dag_run_1's, or dag_run_3's if that test ran first
     reg = register.run(spec, run_id="dag_run_2", settings=settings)
     assert reg["created"] is True and reg["version"] != registered["res"]["version"]
@@ -310,7 +316,7 @@ def test_equal_or_better_challenger_moves_aliases(registered, promoted, spec, se
     # (min_improvement -0.1), so the verdict is a pass unless the model is broken.
     small = _variant(spec, num_samples=1, max_iterations=3, grace_period=1,
                      promotion={"min_metric": 0.6, "min_improvement": -0.1})
-    train.tune_and_fit(synthetic_frame(spec), small, settings, run_id="dag_run_3")
+    train.run(small, run_id="dag_run_3", settings=settings, frame=synthetic_frame(spec))
     first_version = registered["res"]["version"]  # the champion: dag_run_2's is never promoted
     reg = register.run(small, run_id="dag_run_3", settings=settings)
     verdict = gate.run(small, run_id="dag_run_3", settings=settings)

@@ -59,20 +59,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def tune_and_fit(frame: pd.DataFrame, spec, settings, *, run_id: str,
-                 trigger: str = "manual") -> dict[str, Any]:
-    """Search, refit and log one model for DAG run ``run_id`` from a training frame.
+def run(spec, *, run_id: str, settings, trigger: str = "manual",
+        frame: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Train the project's model for DAG run ``run_id``; return the step's output.
 
-    ``frame`` has the entity key, the timestamp (UTC), ``spec.feature_columns`` and
-    the label. Returns the step's output; a FINISHED parent run of ``run_id`` is
-    returned without training again.
+    ``frame`` is the training frame (entity key, UTC timestamp, ``spec.feature_columns``,
+    label); the CLI passes none and it is read from Feast. Idempotent: the result of a
+    FINISHED parent run of ``run_id`` is returned before any data is read.
     """
-    family = load_family(spec)  # bad family / search space fails before any run starts
     client = tracking.client(settings)
     previous = parent.previous_result(client, spec, run_id)
     if previous is not None:
         log.info("train: run id %s already trained (%s); reusing", run_id, previous["mlflow_run_id"])
         return previous
+    if frame is None:
+        frame = training_frame(spec, settings)
+        if frame is None or len(frame) == 0:
+            raise AirloopError(f"project {spec.name!r} has no training rows; ingest data first")
+    return _train(client, frame, spec, settings, run_id=run_id, trigger=trigger)
+
+
+def _train(client, frame: pd.DataFrame, spec, settings, *, run_id: str,
+           trigger: str) -> dict[str, Any]:
+    """Search, refit and log one model for DAG run ``run_id`` under a new parent run."""
+    family = load_family(spec)  # bad family / search space fails before any run starts
     split = split_frame(frame, spec)
     metric, mode = spec.metric.name, spec.metric.mode
 
@@ -149,19 +159,3 @@ def tune_and_fit(frame: pd.DataFrame, spec, settings, *, run_id: str,
              parent_id, metric, holdout_value, len(trials), pruned, time.monotonic() - started)
     return result
 
-
-def run(spec, *, run_id: str, settings, trigger: str = "manual") -> dict[str, Any]:
-    """Train the project's model for DAG run ``run_id``.
-
-    Inputs: the Feast training frame of ``spec`` (``airloop.runtime.features.store``).
-    Output: ``{"mlflow_run_id", "metric", "metric_name", "best_params", "trials",
-    "pruned_trials", "rows"}``. Idempotent per ``run_id`` (see :func:`tune_and_fit`).
-    """
-    client = tracking.client(settings)
-    previous = parent.previous_result(client, spec, run_id)
-    if previous is not None:
-        return previous
-    frame = training_frame(spec, settings)
-    if frame is None or len(frame) == 0:
-        raise AirloopError(f"project {spec.name!r} has no training rows; ingest data first")
-    return tune_and_fit(frame, spec, settings, run_id=run_id, trigger=trigger)
