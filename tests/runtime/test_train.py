@@ -9,6 +9,8 @@ this module even though the MLflow server is shared by the session.
 
 from __future__ import annotations
 
+import re
+import subprocess
 import tempfile
 import uuid
 from datetime import date
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import PROJECTS
+from helpers import PROJECTS, REPO
 from airloop.core import settings as config
 from airloop.runtime import tracking
 from airloop.core.errors import AirloopError
@@ -147,6 +149,17 @@ def _dag_run_runs(client, spec, dag_run_id):
     return tracking.find_runs(client, exp.experiment_id, {tracking.TAG_DAG_RUN: dag_run_id})
 
 
+def _expected_commit(settings) -> str:
+    """The lineage a model must carry: ``settings.git_commit`` when set, else the HEAD
+    of this checkout (the tests run from a git checkout, CI too)."""
+    if settings.git_commit:
+        return settings.git_commit
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{40}", head), head
+    return head
+
+
 def _champion(client, spec) -> str:
     return client.get_model_version_by_alias(spec.model_name, "champion").version
 
@@ -165,7 +178,7 @@ def test_split_is_time_based(spec):
         split_frame(early, spec)
 
 
-def test_train_logs_every_trial_under_one_parent(first, spec, client):
+def test_train_logs_every_trial_under_one_parent(first, spec, settings, client):
     assert first["trials"] == SAMPLES
     assert first["metric_name"] == "roc_auc" and first["metric"] > 0.7
     assert set(first["best_params"]) == set(spec.model.search_space)
@@ -203,7 +216,8 @@ def test_train_logs_every_trial_under_one_parent(first, spec, client):
     assert tags["airloop.trigger"] == "test"
     assert tags["airloop.feature_views"] == "customer_profile,customer_activity"
     assert tags["airloop.feature_service"] == "churn_v1"
-    assert tags["airloop.data_version"] and len(tags["airloop.git_commit"]) >= 7
+    assert tags["airloop.data_version"]
+    assert tags["airloop.git_commit"] == _expected_commit(settings)
     assert parent.data.metrics["holdout_roc_auc"] == pytest.approx(first["metric"])
     assert parent.data.metrics["trials"] == SAMPLES
 
@@ -260,7 +274,8 @@ def test_register_is_idempotent_and_tags_lineage(first, registered, spec, settin
     assert registered["challenger"] == res["version"]
     v = client.get_model_version(spec.model_name, res["version"])
     assert v.run_id == first["mlflow_run_id"]
-    for key in ("airloop.git_commit", "airloop.data_version", "airloop.feature_views",
+    assert v.tags["airloop.git_commit"] == _expected_commit(settings)
+    for key in ("airloop.data_version", "airloop.feature_views",
                 "airloop.feature_service", "airloop.dag_run_id", "airloop.metric_name",
                 "airloop.metric_value", "airloop.trigger"):
         assert v.tags.get(key), key
