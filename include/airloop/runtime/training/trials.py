@@ -11,6 +11,12 @@ Tune calls the callbacks synchronously in the driver's control loop, so each hoo
 makes as few requests as it can: one ``log_batch`` per report.
 """
 
+# Measured against the post-search log_batch this replaced (demo spec: 8 trials x 40
+# iterations, 8,400 rows, MLflow on PostgreSQL, 2 shared cores, 4 x 3 searches): the
+# hooks spend 1.1-1.9 s per search in the driver while the trials train; the old
+# logging took 0.7-1.1 s after the search. Search wall time moved 16-28 s with the
+# machine's load for both versions, so no slowdown was measurable: the callback stays.
+
 from __future__ import annotations
 
 import contextlib
