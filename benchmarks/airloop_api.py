@@ -141,7 +141,7 @@ def materialize_function(workdir: Path, frame, redis_url: str | None) -> Callabl
 
 def tune_function(workdir: Path) -> Callable:
     """``search(frame, full) -> (wall s, best validation score, trials stopped early)``
-    with :func:`airloop.runtime.steps.train.run_search`, the train step's Ray Tune search. ``full``
+    with :func:`airloop.runtime.training.search.run_search`, the train step's Ray Tune search. ``full``
     runs the same configurations (same seeded sampler) with ``grace_period =
     max_iterations``, i.e. ASHA never stops a trial: every trial runs to completion."""
     import os
@@ -150,7 +150,8 @@ def tune_function(workdir: Path) -> Callable:
     os.environ["AIRLOOP_HOME"] = str(workdir)
     from airloop.core import settings as config
     from airloop.core.spec import parse_spec
-    from airloop.runtime.steps.train import best_trial, run_search, split_frame
+    from airloop.runtime.training.search import best_trial, run_search
+    from airloop.runtime.training.split import split_frame
 
     from benchmarks.data import spec as load
 
@@ -167,6 +168,6 @@ def tune_function(workdir: Path) -> Callable:
         trials = run_search(split, s, settings, run_id=f"bench_{'full' if full else 'asha'}")
         wall = time.perf_counter() - t0
         mode = s.metric.mode
-        return wall, best_trial(trials, mode).best(mode)[0], sum(t.status == "pruned" for t in trials)
+        return wall, best_trial(trials, mode).best, sum(t.status == "pruned" for t in trials)
 
     return search

@@ -1,6 +1,6 @@
 """Comparison 4: the demo's search with ASHA vs every trial run to completion.
 
-airloop's train-step search (:func:`airloop.runtime.steps.train.run_search`: Ray Tune, the
+airloop's train-step search (:func:`airloop.runtime.training.search.run_search`: Ray Tune, the
 demo spec's search space, seeded sampler, ASHA) against the same search with
 ``grace_period = max_iterations`` — the same configurations, none stopped early.
 One Ray session for all rounds; wall time of the search and best validation score.
@@ -48,7 +48,7 @@ def run(workdir: Path) -> dict:
     goals: list[Goal] = []
 
     def case(scale: int) -> str:
-        return (f"{s.model['num_samples']} configs x {s.model['max_iterations']} iterations, "
+        return (f"{s.model.num_samples} configs x {s.model.max_iterations} iterations, "
                 f"{DAYS * ROWS_PER_DAY * scale} rows")
 
     try:
@@ -61,7 +61,7 @@ def run(workdir: Path) -> dict:
     tmp = Path(f"/tmp/alb-ray-{os.getpid()}")  # short: Ray's unix socket path limit
     ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp),
              log_to_driver=False, logging_level="ERROR")
-    metric = s.metric["name"]
+    metric = s.metric.name
     try:
         for scale in SCALES:
             frame = training_frame(scale)

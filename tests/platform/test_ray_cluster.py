@@ -1,6 +1,6 @@
 """`airloop up --ray-cluster` with real processes: a Ray head and a second Ray worker
 node on this machine -> the GCS lists two ALIVE nodes -> the train step's Ray Tune
-search (``airloop.runtime.steps.train.run_search``, connecting through
+search (``airloop.runtime.training.search.run_search``, connecting through
 ``AIRLOOP_RAY_ADDRESS``) places its trials on both nodes, read back from Ray's own
 actor table -> a killed worker node is restarted by the supervisor and re-joins as a
 new node -> `airloop down` leaves no Ray process.
@@ -60,7 +60,8 @@ import ray
 from airloop.core import settings as config
 from airloop.demo.churn import generate_day
 from airloop.core.spec import load_spec, parse_spec
-from airloop.runtime.steps import train
+from airloop.runtime.training.search import run_search
+from airloop.runtime.training.split import split_frame
 
 settings = config.load()
 assert settings.ray_address, "AIRLOOP_RAY_ADDRESS is not set"
@@ -71,7 +72,7 @@ spec = parse_spec(raw, Path("churn.yaml"))
 frame = pd.concat([generate_day(spec, d, start=date(2025, 1, 1), rows=120, seed=0)
                    for d in range(5)], ignore_index=True)
 frame = frame.sort_values(spec.timestamp, kind="stable", ignore_index=True)
-trials = train.run_search(train.split_frame(frame, spec), spec, settings, run_id="ray_cluster")
+trials = run_search(split_frame(frame, spec), spec, settings, run_id="ray_cluster")
 assert not ray.is_initialized()  # the step connected and disconnected by itself
 
 ray.init(address=settings.ray_address, log_to_driver=False)

@@ -23,6 +23,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn import metrics as m
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import SGDClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from airloop.core.errors import SpecError
 
@@ -33,8 +39,6 @@ METRICS = ("roc_auc", "accuracy", "f1", "log_loss")
 # -- metrics ----------------------------------------------------------------------------
 def score(metric: str, y_true, proba) -> float:
     """``metric`` of positive-class probabilities ``proba`` against 0/1 ``y_true``."""
-    from sklearn import metrics as m
-
     y = np.asarray(y_true).astype(int)
     p = np.clip(np.asarray(proba, dtype=float), 0.0, 1.0)
     if metric == "roc_auc":
@@ -97,8 +101,6 @@ class IterativeTrainer:
 
     def pipeline(self):
         """The fitted model as one sklearn Pipeline (raw frame -> predict_proba)."""
-        from sklearn.pipeline import Pipeline
-
         return Pipeline([("preprocess", self.preprocessor), ("model", self.estimator)])
 
 
@@ -107,7 +109,7 @@ class ModelFamily:
 
     #: fixed estimator arguments (the search space may override the tunable ones)
     fixed: dict[str, Any] = {}
-    #: sklearn estimator class (import path resolved lazily by :meth:`estimator_class`)
+    #: dotted path of the sklearn estimator class (resolved by :meth:`estimator_class`)
     estimator_path: str = ""
 
     def __init__(self, spec):
@@ -173,9 +175,6 @@ class HistGradientBoosting(ModelFamily):
     locked = ("max_iter", "warm_start", "early_stopping", "categorical_features", "random_state")
 
     def preprocessor(self):
-        from sklearn.compose import ColumnTransformer
-        from sklearn.preprocessing import OrdinalEncoder
-
         parts = []
         if self.categorical:
             parts.append(
@@ -195,8 +194,6 @@ class HistGradientBoosting(ModelFamily):
         return ColumnTransformer(parts, remainder="drop", verbose_feature_names_out=False)
 
     def estimator(self, params: dict[str, Any]):
-        from sklearn.ensemble import HistGradientBoostingClassifier
-
         cats = list(range(len(self.categorical))) or None
         return HistGradientBoostingClassifier(
             **params,
@@ -224,9 +221,6 @@ class LogisticRegression(ModelFamily):
     locked = ("loss", "random_state", "max_iter", "warm_start", "n_jobs", "verbose")
 
     def preprocessor(self):
-        from sklearn.compose import ColumnTransformer
-        from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
         parts = []
         if self.categorical:
             parts.append(
@@ -244,8 +238,6 @@ class LogisticRegression(ModelFamily):
         return ColumnTransformer(parts, remainder="drop", verbose_feature_names_out=False)
 
     def estimator(self, params: dict[str, Any]):
-        from sklearn.linear_model import SGDClassifier
-
         return SGDClassifier(**{**self.fixed, **params, "random_state": self.seed})
 
     def grow(self, estimator, Xt, y, iteration: int) -> None:

@@ -9,10 +9,17 @@ its inputs — no step needs more than ``--project`` and ``--run-id``.
 from __future__ import annotations
 
 import subprocess
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
 from airloop.core.errors import AirloopError
+from airloop.core.settings import REPO_ROOT
+from airloop.runtime.versioning import current_version
 
 TAG_DAG_RUN = "airloop.dag_run_id"
 TAG_ROLE = "airloop.role"
@@ -25,15 +32,11 @@ PINNED_PACKAGES = ("scikit-learn", "pandas", "numpy", "mlflow")
 
 def client(settings):
     """An ``MlflowClient`` for the settings' tracking server (registry on the same URI)."""
-    from mlflow import MlflowClient
-
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
 def use(settings) -> None:
     """Point the fluent ``mlflow`` API at the settings' server (call inside a step)."""
-    import mlflow
-
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
 
@@ -44,8 +47,6 @@ def experiment_name(spec) -> str:
 
 def ensure_experiment(mlflow_client, spec) -> str:
     """Id of the project's experiment, created on first use (safe under races)."""
-    from mlflow.exceptions import MlflowException
-
     name = experiment_name(spec)
     exp = mlflow_client.get_experiment_by_name(name)
     if exp is not None:
@@ -107,8 +108,6 @@ def require_train_run(mlflow_client, spec, dag_run_id: str):
 
 def model_version_for_run(mlflow_client, model_name: str, dag_run_id: str):
     """The registered version of ``model_name`` tagged with ``dag_run_id``, or None."""
-    from mlflow.exceptions import MlflowException
-
     try:
         versions = mlflow_client.search_model_versions(
             f"name = {_quote(model_name)}", max_results=10000
@@ -135,8 +134,6 @@ def require_challenger(mlflow_client, spec, dag_run_id: str):
 
 def alias_version(mlflow_client, model_name: str, alias: str):
     """The version behind ``alias`` of ``model_name``, or None (no model / no alias)."""
-    from mlflow.exceptions import MlflowException
-
     try:
         return mlflow_client.get_model_version_by_alias(model_name, alias)
     except MlflowException as exc:
@@ -146,8 +143,6 @@ def alias_version(mlflow_client, model_name: str, alias: str):
 
 
 def ensure_registered_model(mlflow_client, spec) -> None:
-    from mlflow.exceptions import MlflowException
-
     try:
         mlflow_client.get_registered_model(spec.model_name)
         return
@@ -177,8 +172,6 @@ def download(mlflow_client, run_id: str, artifact_path: str, dst: Path) -> Path:
 # -- lineage -----------------------------------------------------------------------------
 def pip_requirements() -> list[str]:
     """Exact pins of the libraries a served model needs (from this environment)."""
-    from importlib.metadata import version
-
     return [f"{name}=={version(name)}" for name in PINNED_PACKAGES]
 
 
@@ -186,8 +179,6 @@ def git_commit(settings) -> str:
     """``settings.git_commit``, else ``git rev-parse HEAD`` of the checkout, else ``unknown``."""
     if settings.git_commit:
         return settings.git_commit
-    from airloop.core.settings import REPO_ROOT
-
     if REPO_ROOT is None:
         return "unknown"
     try:
@@ -201,11 +192,7 @@ def git_commit(settings) -> str:
 
 
 def data_version(spec, settings) -> str:
-    """The dataset version from :mod:`airloop.runtime.versioning` (``unversioned`` without it)."""
-    try:
-        from airloop.runtime.versioning import current_version
-    except ImportError:
-        return "unversioned"
+    """The dataset version from :mod:`airloop.runtime.versioning` (``unversioned`` if none)."""
     return str(current_version(spec, settings) or "unversioned")
 
 
