@@ -12,11 +12,13 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
+from benchmarks.common import REPO
+
 
 def spec():
     from airloop.core.spec import load_spec
 
-    return load_spec("churn")
+    return load_spec("churn", REPO / "include" / "projects")
 
 
 def churn_frame(n: int, seed: int = 0, entities: int | None = None,

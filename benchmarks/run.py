@@ -23,7 +23,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.common import NO_TELEMETRY, REPO, Goal, Row, median, venv
+from benchmarks.common import NO_TELEMETRY, REPO, Row, median, venv
 
 #: (module, title, time limit in seconds) in run order.
 MODULES = [

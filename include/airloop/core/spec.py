@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from airloop.core.errors import SpecError
@@ -408,8 +409,6 @@ def parse_spec(raw: Any, path: Path) -> ProjectSpec:
 
 
 def load_spec_file(path: Path) -> ProjectSpec:
-    import yaml
-
     try:
         text = path.read_text()
     except OSError as exc:

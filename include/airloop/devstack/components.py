@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pwd
 import shlex
 import socket
 import urllib.parse
@@ -373,14 +374,13 @@ def postgres_system_user(settings: Settings) -> str | None:
     (``AIRLOOP_PG_USER``, else ``postgres``, else ``pgserver`` as the wheel does)."""
     if os.geteuid() != 0:
         return None
-    import pwd
-
     for name in filter(None, [settings.pg_user, "postgres", "pgserver"]):
         try:
             pwd.getpwnam(name)
             return name
         except KeyError:
             continue
+    # The pgserver wheel is in the control environment only (where the supervisor runs).
     from pgserver.utils import ensure_user_exists
 
     ensure_user_exists("pgserver")
