@@ -24,7 +24,10 @@ RUN pip install --no-cache-dir -r /tmp/control.lock && rm /tmp/control.lock
 
 WORKDIR /opt/airflow
 COPY pyproject.toml /opt/airloop/pyproject.toml
-COPY include/ /opt/airflow/include/
+# Airflow's side (airloop_ops) imports only the core; the specs are read at parse time.
+COPY include/airloop/__init__.py include/airloop/cli.py /opt/airflow/include/airloop/
+COPY include/airloop/core/ /opt/airflow/include/airloop/core/
+COPY include/projects/ /opt/airflow/include/projects/
 COPY dags/ /opt/airflow/dags/
 COPY plugins/ /opt/airflow/plugins/
 # The package source lives under include/ (setuptools "where = include").

@@ -30,7 +30,12 @@ RUN pip install --no-cache-dir -r /tmp/runtime.lock && rm /tmp/runtime.lock
 
 WORKDIR /opt/airloop
 COPY pyproject.toml /opt/airloop/pyproject.toml
-COPY include/ /opt/airloop/include/
+# Only the planes a step pod runs: the core and the step runtime (their imports stay
+# inside these two packages; tests/control/test_images.py checks it with the import graph).
+COPY include/airloop/__init__.py include/airloop/cli.py /opt/airloop/include/airloop/
+COPY include/airloop/core/ /opt/airloop/include/airloop/core/
+COPY include/airloop/runtime/ /opt/airloop/include/airloop/runtime/
+COPY include/projects/ /opt/airloop/include/projects/
 RUN pip install --no-cache-dir --no-deps /opt/airloop
 
 USER 10001

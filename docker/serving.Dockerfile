@@ -21,7 +21,10 @@ RUN pip install --no-cache-dir -r /tmp/serving.lock && rm /tmp/serving.lock
 
 WORKDIR /opt/airloop
 COPY pyproject.toml /opt/airloop/pyproject.toml
-COPY include/airloop/ /opt/airloop/include/airloop/
+# Only the planes the model server runs: the core and serving (never the step runtime).
+COPY include/airloop/__init__.py include/airloop/cli.py /opt/airloop/include/airloop/
+COPY include/airloop/core/ /opt/airloop/include/airloop/core/
+COPY include/airloop/serving/ /opt/airloop/include/airloop/serving/
 RUN pip install --no-cache-dir --no-deps /opt/airloop \
     && mkdir -p /mnt/models && chown 10001:10001 /mnt/models
 

@@ -12,7 +12,8 @@ command asked for and hands it the whole argv, so ``airloop -v train …`` and
 | ``demo``, ``generate`` | demo | :mod:`airloop.demo.cli` | |
 
 Every plane's CLI module is light at import (its commands import their
-implementation when they run), so routing costs no heavy import.
+implementation when they run), so routing costs no heavy import. A plane that is not
+installed (each image holds only its own) offers no commands.
 """
 
 from __future__ import annotations
@@ -33,7 +34,16 @@ PLANES = {
 
 
 def _modules():
-    return {title: importlib.import_module(name) for title, name in PLANES.items()}
+    """The planes installed here: an image holds only its own planes (the runtime image
+    has no devstack, the serving image no steps), and their commands are not offered."""
+    found = {}
+    for title, name in PLANES.items():
+        try:
+            found[title] = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if not name.startswith(f"{exc.name}."):
+                raise
+    return found
 
 
 def usage() -> str:

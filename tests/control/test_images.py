@@ -21,10 +21,17 @@ from dockerfile_parse import DockerfileParser
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 
+#: The router and package marker every image carries, then the planes it runs.
+ROOT = {"include/airloop/__init__.py", "include/airloop/cli.py"}
 IMAGES = {
-    "airflow": {"lock": "requirements/control.lock", "copies": {"dags/", "plugins/", "include/"}},
-    "runtime": {"lock": "requirements/runtime.lock", "copies": {"include/"}},
-    "serving": {"lock": "requirements/serving.lock", "copies": {"include/airloop/"}},
+    "airflow": {"lock": "requirements/control.lock", "planes": {"airloop.core", "airloop_ops"},
+                "copies": ROOT | {"include/airloop/core/", "include/projects/", "dags/",
+                                  "plugins/"}},
+    "runtime": {"lock": "requirements/runtime.lock", "planes": {"airloop.core", "airloop.runtime"},
+                "copies": ROOT | {"include/airloop/core/", "include/airloop/runtime/",
+                                  "include/projects/"}},
+    "serving": {"lock": "requirements/serving.lock", "planes": {"airloop.core", "airloop.serving"},
+                "copies": ROOT | {"include/airloop/core/", "include/airloop/serving/"}},
 }
 LOCKS = {"requirements/control.lock", "requirements/runtime.lock", "requirements/serving.lock"}
 
@@ -127,6 +134,23 @@ def test_copies_only_existing_paths(image):
         assert (REPO / src).exists(), f"{name}: COPY source {src} does not exist in the repo"
     code = {s for s in sources if s not in LOCKS and s != "pyproject.toml"}
     assert code == IMAGES[name]["copies"], f"{name}: copies {code}"
+
+
+def test_each_image_holds_every_package_its_planes_import():
+    """An image copies only its planes; the import graph (grimp, as import-linter builds
+    it) shows that nothing those planes import, directly or not, is left out."""
+    import sys
+
+    import grimp
+
+    sys.path.insert(0, str(REPO / "plugins"))
+    graph = grimp.build_graph("airloop", "airloop_ops")
+    for name, image in IMAGES.items():
+        for plane in image["planes"]:
+            imported = {".".join(m.split(".")[:2]) if m.startswith("airloop.") else m
+                        for m in graph.find_upstream_modules(plane, as_package=True)}
+            imported = {m for m in imported if m.startswith(("airloop.", "airloop_ops"))}
+            assert imported <= image["planes"], f"{name}: {plane} imports {imported}"
 
 
 def test_non_root_user_before_entrypoint(image):
