@@ -189,7 +189,11 @@ def cluster(tmp_path_factory):
     print(f"airloop up --ray-cluster: {time.monotonic() - started:.1f}s\n{up.stdout}")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        yield {"home": home, "env": env, "up": up, "renv": sourced_env(home, env)}
+        # What `up` left, before any test kills or restarts a node (tests run in any order).
+        logs = {name: (home / "logs" / f"{name}.log").read_text()
+                for name in ("supervisor", "ray-worker")}
+        yield {"home": home, "env": env, "up": up, "renv": sourced_env(home, env),
+               "state": state_of(home), "logs": logs}
     finally:
         airloop(env, "down")
 
@@ -199,16 +203,16 @@ def test_up_starts_head_then_worker_and_two_nodes_join(cluster):
     healthy = dict(re.findall(r"^\s+(ray-head|ray-worker)\s+healthy\s+\((\d+)s\)", up.stdout, re.M))
     assert set(healthy) == {"ray-head", "ray-worker"}, up.stdout
     print(f"time to healthy: ray-head {healthy['ray-head']}s, ray-worker {healthy['ray-worker']}s")
-    state = state_of(home)
+    state = cluster["state"]
     assert state["options"]["ray_cluster"] is True
     for name in ("ray-head", "ray-worker"):
         info = state["components"][name]
         assert info["status"] == "running" and info["restarts"] == 0, (name, info)
     # The worker was started once, after the supervisor saw the head node ALIVE.
-    sup_log = (home / "logs" / "supervisor.log").read_text()
+    sup_log = cluster["logs"]["supervisor"]
     assert "ray-head healthy: starting ray-worker" in sup_log
     assert "exited" not in sup_log, sup_log
-    worker_log = (home / "logs" / "ray-worker.log").read_text()
+    worker_log = cluster["logs"]["ray-worker"]
     assert worker_log.count("--- airloop: starting ray-worker") == 1
     assert "Ray runtime started" in worker_log
 
@@ -223,7 +227,7 @@ def test_up_starts_head_then_worker_and_two_nodes_join(cluster):
     assert rows["ray-head"]["health"] == "healthy", rows["ray-head"]
     assert rows["ray-worker"]["health"] == "healthy" and rows["ray-worker"]["detail"] == "2 live nodes"
     for name in ("ray-head", "ray-worker"):
-        procs, pss = group_pss_mb(state["components"][name]["pid"])
+        procs, pss = group_pss_mb(state_of(home)["components"][name]["pid"])
         print(f"{name}: {procs} processes, {pss} MB PSS")
 
 
@@ -239,13 +243,15 @@ def test_tuning_trials_run_on_both_nodes(cluster):
 
 def test_killed_worker_node_comes_back(cluster):
     home, env, renv = cluster["home"], cluster["env"], cluster["renv"]
-    old_pid = state_of(home)["components"]["ray-worker"]["pid"]
+    start = state_of(home)["components"]
+    old_pid = start["ray-worker"]["pid"]
     before = {n["node_id"] for n in runtime(renv, NODES_SCRIPT) if n["alive"]}
     os.killpg(old_pid, signal.SIGKILL)  # `ray start --block` and its raylet, agents, workers
 
     def restarted():
         info = state_of(home)["components"]["ray-worker"]
-        return info if info["restarts"] == 1 and info["pid"] not in (None, old_pid) else None
+        restarted = info["restarts"] == start["ray-worker"]["restarts"] + 1
+        return info if restarted and info["pid"] not in (None, old_pid) else None
 
     info = wait_for(restarted, 90, "ray-worker restart")
     assert info["last_exit"] == -signal.SIGKILL
@@ -257,7 +263,7 @@ def test_killed_worker_node_comes_back(cluster):
     alive = wait_for(rejoined, 180, "a new worker node ALIVE next to the head", interval=3)
     assert len(alive & before) == 1  # the head kept its node id
     # The head was not disturbed.
-    assert state_of(home)["components"]["ray-head"]["restarts"] == 0
+    assert state_of(home)["components"]["ray-head"]["restarts"] == start["ray-head"]["restarts"]
 
     def worker_healthy():
         doc = json.loads(airloop(env, "status", "--json").stdout)
@@ -276,6 +282,9 @@ def test_down_leaves_no_ray_process(cluster):
     res = airloop(env, "down")
     assert res.returncode == 0 and "stopped" in res.stdout, res.stdout + res.stderr
     assert ray_processes(marker, temp_dir) == []
+    # Back up for the module's other tests, which may run after this one in any order.
+    again = airloop(env, "up", "--ray-cluster", "--timeout", "480")
+    assert again.returncode == 0, again.stdout + again.stderr
 
 
 def _ray_temp_dir(env: dict) -> str:
